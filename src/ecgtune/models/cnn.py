@@ -1,0 +1,85 @@
+"""The convolutional network: conv stages, optional temporal attention, global pooling, head.
+
+The conv stages (with the attention) also serve as the RNN's front-end, so they are built by
+:func:`conv_features` from the ``model.*`` keys alone.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from ecgtune.config import ModelConfig
+from ecgtune.models.blocks import (
+    RR_FEATURES,
+    BeatClassifier,
+    ConvNormAct,
+    ConvStage,
+    GlobalPool1d,
+    SqueezeExcite,
+    TemporalSelfAttention,
+    classifier_head,
+    residual_block,
+    stage_pool,
+)
+
+NamedLayers = list[tuple[str, nn.Module]]
+
+
+def conv_stage(model: ModelConfig, index: int, in_channels: int) -> ConvStage:
+    """Stage ``index`` (0-based) from the per-layer lists and the stack-wide options."""
+    out_channels = model.channels[index]
+    conv_args = (
+        in_channels,
+        out_channels,
+        model.kernel_sizes[index],
+        model.dilations[index],
+        model.batch_norm,
+        model.activation,
+    )
+    residual = model.stage_flags("residual")[index]
+    body = residual_block(*conv_args) if residual else ConvNormAct(*conv_args)
+    layers: NamedLayers = [("residual" if residual else "conv", body)]
+    if model.stage_flags("se_blocks")[index]:
+        layers.append(("se", SqueezeExcite(out_channels, model.se_reduction, model.activation)))
+    pooling = model.pooling[index]
+    if pooling != "none":
+        layers.append(("pool", stage_pool(pooling, model.pool_size)))
+    return ConvStage(OrderedDict(layers))
+
+
+def conv_features(model: ModelConfig, in_channels: int = 1) -> tuple[NamedLayers, int]:
+    """The conv stages, then temporal self-attention if ``model.attention``; and the number
+    of channels they output."""
+    layers: NamedLayers = []
+    channels = in_channels
+    for index in range(model.conv_layers):
+        layers.append((f"stage{index + 1}", conv_stage(model, index, channels)))
+        channels = model.channels[index]
+    if model.attention:
+        layers.append(("attention", TemporalSelfAttention(channels, model.attention_heads)))
+    return layers, channels
+
+
+def build_cnn(model: ModelConfig, n_classes: int) -> BeatClassifier:
+    """Conv features, global pooling to a vector, then the fully connected head."""
+    layers, channels = conv_features(model)
+    pool = GlobalPool1d(model.global_pool, model.adaptive_length)
+    layers.append(("pool", pool))
+    return assemble_classifier(layers, pool.out_features(channels), model, n_classes)
+
+
+def assemble_classifier(
+    encoder: NamedLayers, features: int, model: ModelConfig, n_classes: int
+) -> BeatClassifier:
+    """The encoder layers (ending in ``features`` per beat) joined to the head; the RR
+    intervals, if ``model.rr_features``, widen the head's input."""
+    head = classifier_head(
+        features + (RR_FEATURES if model.rr_features else 0),
+        model.fc_sizes,
+        model.activation,
+        model.dropout,
+        n_classes,
+    )
+    return BeatClassifier(nn.Sequential(OrderedDict(encoder)), head, model.rr_features)
