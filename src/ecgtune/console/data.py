@@ -1,0 +1,72 @@
+"""What ``hypertune.py data`` shows: progress bars while the dataset is built, then a table of
+beats per class per split. Works on the plain summary mapping of
+:func:`ecgtune.data.command.dataset_summary`, so it needs nothing from the data package."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+
+def download_progress(console: Console | None) -> Progress:
+    """Bytes of the file being downloaded; silent without a console."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=console is None,
+    )
+
+
+def build_progress(console: Console | None) -> Progress:
+    """Records (or files) read so far; silent without a console."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+    )
+
+
+def render_data_summary(summary: dict[str, Any], console: Console) -> None:
+    """The summary as a table of beats per class per split, then its notes."""
+    class_names: list[str] = summary["class_names"]
+    table = Table(title=f"Dataset: {summary['source']}, {summary['split']} split")
+    table.add_column("split")
+    for name in [*class_names, "beats", "records"]:
+        table.add_column(name, justify="right")
+    rows = {**summary["splits"], "total": summary["total"]}
+    for split, row in rows.items():
+        classes = [f"{row['classes'][name]:,}" for name in class_names]
+        table.add_row(split, *classes, f"{row['beats']:,}", str(len(row["records"])))
+    console.print(table)
+    for split, row in summary["splits"].items():
+        console.print(f"{split} records: {' '.join(row['records'])}")
+    for reason, count in summary["dropped_beats"].items():
+        console.print(f"dropped {count:,} beats: {reason}")
+    for record, reason in summary["skipped_records"].items():
+        console.print(f"skipped record {record}: {reason}")
+    for record, lead in summary["lead_substitutions"].items():
+        console.print(f"record {record}: no {summary['lead']} lead, used {lead}")
+    if summary["from_cache"]:
+        console.print(
+            f"loaded from cache in {summary['seconds']:.2f} s (built in "
+            f"{summary['build_seconds']:.2f} s): {summary['cache_file']}"
+        )
+    else:
+        console.print(f"built in {summary['seconds']:.2f} s, cached in {summary['cache_file']}")
