@@ -1,0 +1,102 @@
+"""What a run leaves on disk: the model checkpoint, ``report.json`` and the confusion matrix.
+
+Every file is written with :func:`ecgtune.data.files.atomic_write` (a temporary file moved
+into place), so an interrupted run never leaves half a file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from pickle import UnpicklingError
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+from torch import nn
+
+from ecgtune.config import Config, validate_config
+from ecgtune.data.files import atomic_write
+from ecgtune.errors import DataError
+from ecgtune.metrics import ClassificationMetrics
+from ecgtune.models import build_model
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, config: Config, class_names: Sequence[str]
+) -> None:
+    """The model's weights with the resolved config (as a dict) and the class names."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
+        "config": config.model_dump(mode="json"),
+        "class_names": list(class_names),
+    }
+    with atomic_write(path) as stream:
+        torch.save(checkpoint, stream)
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, Config, tuple[str, ...]]:
+    """The model (on the CPU, eval mode), its config and class names, from ``save_checkpoint``."""
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = validate_config(checkpoint["config"], source=str(path))
+        class_names = tuple(checkpoint["class_names"])
+        model = build_model(config, len(class_names))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, EOFError, UnpicklingError) as exc:
+        raise DataError(f"{path}: not a readable ecgtune checkpoint ({exc})") from exc
+    return model.eval(), config, class_names
+
+
+def write_report(
+    run_dir: Path,
+    metrics: ClassificationMetrics,
+    class_names: Sequence[str],
+    extra: dict[str, Any],
+    json_name: str = "report.json",
+    figure_name: str = "confusion_matrix.png",
+) -> None:
+    """``run_dir/json_name``: ``extra`` with the metrics under ``"metrics"``; and
+    ``run_dir/figure_name``: the confusion matrix in counts and row-normalised (recall)."""
+    if tuple(class_names) != metrics.class_names:
+        raise ValueError(
+            f"class names {class_names} differ from the metrics' {metrics.class_names}"
+        )
+    text = json.dumps({**extra, "metrics": metrics.to_json()}, indent=2)
+    with atomic_write(run_dir / json_name) as stream:
+        stream.write(text.encode("utf-8"))
+    with atomic_write(run_dir / figure_name) as stream:
+        confusion_figure(metrics).savefig(stream, format="png", dpi=120)
+
+
+def confusion_figure(metrics: ClassificationMetrics) -> Figure:
+    """Two panels: beats per (true, predicted) class, and the same divided by each row's
+    support (the diagonal is each class's recall; an absent class's row stays 0).
+
+    A bare :class:`Figure` (no pyplot state) renders with Agg when saved as PNG, on any machine.
+    """
+    counts = metrics.confusion
+    support = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    panels = figure.subplots(1, 2)
+    for axes, matrix, title, value_format in (
+        (panels[0], counts, "Beats", "d"),
+        (panels[1], rates, "Share of the true class (recall on the diagonal)", ".2f"),
+    ):
+        display = ConfusionMatrixDisplay(matrix, display_labels=list(metrics.class_names))
+        display.plot(ax=axes, values_format=value_format, colorbar=False, cmap="Blues")
+        axes.set_title(title)
+    figure.suptitle(
+        f"{metrics.n_beats} beats: accuracy {metrics.accuracy:.4f}, "
+        f"macro-F1 {metrics.macro_f1:.4f}"
+    )
+    return figure

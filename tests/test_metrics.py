@@ -1,0 +1,117 @@
+"""Whole-split metrics against confusion matrices worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+
+from ecgtune.metrics import compute_metrics
+
+
+def labels_from_confusion(matrix: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """y_true, y_pred with ``matrix[i][j]`` beats of true class i predicted as j."""
+    pairs = [(i, j) for i, row in enumerate(matrix) for j, count in enumerate(row)
+             for _ in range(count)]  # fmt: skip
+    true, predicted = zip(*pairs, strict=True)
+    return np.array(true), np.array(predicted)
+
+
+def test_every_figure_matches_the_hand_computed_confusion_matrix() -> None:
+    # true N: 4 -> N, 1 -> S;  true S: 2 -> S, 1 -> V;  true V: 2 -> V.
+    matrix = [[4, 1, 0], [0, 2, 1], [0, 0, 2]]
+    y_true, y_pred = labels_from_confusion(matrix)
+    metrics = compute_metrics(y_true, y_pred, ["N", "S", "V"])
+
+    assert metrics.confusion.tolist() == matrix
+    assert metrics.accuracy == pytest.approx(8 / 10)
+    precision = {"N": Fraction(4, 4), "S": Fraction(2, 3), "V": Fraction(2, 3)}
+    recall = {"N": Fraction(4, 5), "S": Fraction(2, 3), "V": Fraction(2, 2)}
+    specificity = {"N": Fraction(5, 5), "S": Fraction(6, 7), "V": Fraction(7, 8)}
+    f1 = {c: 2 * precision[c] * recall[c] / (precision[c] + recall[c]) for c in precision}
+    for item in metrics.per_class:
+        assert item.precision == pytest.approx(float(precision[item.name]))
+        assert item.recall == pytest.approx(float(recall[item.name]))
+        assert item.f1 == pytest.approx(float(f1[item.name]))
+        assert item.specificity == pytest.approx(float(specificity[item.name]))
+    assert [item.support for item in metrics.per_class] == [5, 3, 2]
+    assert [item.predicted for item in metrics.per_class] == [4, 3, 3]
+    assert metrics.macro_f1 == pytest.approx(float(sum(f1.values()) / 3))
+    assert metrics.macro_precision == pytest.approx(float(sum(precision.values()) / 3))
+    assert metrics.balanced_accuracy == pytest.approx(float(sum(recall.values()) / 3))
+    assert metrics.absent_classes == ()
+    # AAMI: Se = recall, +P = precision, for S and V.
+    assert metrics.aami() == pytest.approx(
+        {"se_S": 2 / 3, "ppv_S": 2 / 3, "se_V": 1.0, "ppv_V": 2 / 3}
+    )
+
+
+def test_agrees_with_scikit_learn_on_a_random_split() -> None:
+    rng = np.random.default_rng(3)
+    y_true = rng.choice(5, size=500, p=[0.7, 0.1, 0.1, 0.05, 0.05])
+    y_pred = np.where(rng.random(500) < 0.8, y_true, rng.integers(0, 5, 500))
+    metrics = compute_metrics(y_true, y_pred, ["N", "S", "V", "F", "Q"])
+    flat = metrics.as_flat_dict()
+    assert flat["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert flat["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    per_class_recall = recall_score(y_true, y_pred, average=None)
+    per_class_precision = precision_score(y_true, y_pred, average=None)
+    for k, name in enumerate("NSVFQ"):
+        assert flat[f"recall_{name}"] == pytest.approx(per_class_recall[k])
+        assert flat[f"precision_{name}"] == pytest.approx(per_class_precision[k])
+
+
+def test_absent_class_is_reported_as_absent_and_left_out_of_macro_averages() -> None:
+    # F has no beats in y_true but is predicted once (a true N beat).
+    matrix = [[2, 0, 0, 1], [0, 1, 0, 0], [0, 1, 3, 0], [0, 0, 0, 0]]
+    y_true, y_pred = labels_from_confusion(matrix)
+    metrics = compute_metrics(y_true, y_pred, ["N", "S", "V", "F"])
+
+    assert metrics.absent_classes == ("F",)
+    absent = metrics.per_class[3]
+    assert (absent.support, absent.predicted) == (0, 1)
+    assert (absent.precision, absent.recall, absent.f1, absent.specificity) == (None,) * 4
+    present = [0, 1, 2]
+    assert metrics.macro_f1 == pytest.approx(
+        f1_score(y_true, y_pred, labels=present, average="macro")
+    )
+    assert metrics.macro_recall == pytest.approx((2 / 3 + 1 + 3 / 4) / 3)
+    assert metrics.accuracy == pytest.approx(6 / 8)
+    flat = metrics.as_flat_dict()
+    assert not [key for key in flat if key.endswith("_F")]
+    assert all(np.isfinite(value) for value in flat.values())
+    assert json.loads(json.dumps(metrics.to_json()))["per_class"]["F"]["recall"] is None
+
+
+def test_present_but_never_predicted_class_counts_as_zero_in_the_macro_average() -> None:
+    matrix = [[3, 0], [2, 0]]
+    y_true, y_pred = labels_from_confusion(matrix)
+    metrics = compute_metrics(y_true, y_pred, ["N", "S"])
+    s_class = metrics.per_class[1]
+    assert (s_class.precision, s_class.recall, s_class.f1) == (0.0, 0.0, 0.0)
+    assert metrics.macro_f1 == pytest.approx((2 * 0.6 * 1.0 / 1.6 + 0.0) / 2)
+    assert metrics.aami() == {"se_S": 0.0, "ppv_S": 0.0}
+
+
+def test_json_holds_the_matrix_and_every_class() -> None:
+    metrics = compute_metrics([0, 1, 1, 2], [0, 1, 2, 2], ["N", "S", "V"])
+    report = json.loads(json.dumps(metrics.to_json()))
+    assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert report["class_names"] == ["N", "S", "V"]
+    assert report["per_class"]["S"] == {
+        "support": 2,
+        "predicted": 1,
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "specificity": 1.0,
+    }
+    assert report["n_beats"] == 4
+
+
+def test_empty_split_is_an_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        compute_metrics(np.array([], dtype=np.int64), np.array([], dtype=np.int64), ["N", "S"])
