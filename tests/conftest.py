@@ -66,7 +66,7 @@ def small_config(tmp_path: Path, mitdb_dir: Path) -> Callable[..., Config]:
                 "fc_sizes": [32],
             },
             "training": {"epochs": 3, "batch_size": 64, "num_threads": 1},
-            "search": {"max_evals": 2, "no_progress_evals": None},
+            "search": {"max_evals": 2, "no_progress_evals": 0},
             "tracking": {
                 "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
                 "tensorboard_dir": str(tmp_path / "logs"),

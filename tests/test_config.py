@@ -142,7 +142,13 @@ def test_shipped_config_is_valid_and_documents_every_key() -> None:
     text = (REPO_ROOT / "config.toml").read_text(encoding="utf-8")
     missing = [key for key in schema_keys(Config) if not re.search(rf"^#? ?{key} = ", text, re.M)]
     assert missing == [], f"config.toml does not document: {missing}"
-    assert config.model.channels == [32, 64, 64, 128, 160]
+    assert config.search.space, "the default experiment searches"
+
+
+def test_reference_config_spells_out_the_schema_defaults() -> None:
+    """configs/reference.toml and an empty [model] give the same (reference) network."""
+    reference = load_config(REPO_ROOT / "configs" / "reference.toml")
+    assert reference.model == Config().model
 
 
 def schema_keys(section: type[BaseModel]) -> list[str]:

@@ -8,7 +8,6 @@ cannot build fails here before any search starts.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from ecgtune.config import Config, Distribution, ModelConfig, load_config, validate_config
+from ecgtune.config import Config, ModelConfig, load_config, validate_config
 from ecgtune.errors import ConfigError
 from ecgtune.models import BeatClassifier, build_model
 from ecgtune.models.blocks import (
@@ -28,8 +27,9 @@ from ecgtune.models.blocks import (
     same_padding,
 )
 from ecgtune.models.summary import model_summary, summary_blocks
+from ecgtune.search_space import build_search_space
 
-from .conftest import REPO_ROOT, deep_merge
+from .conftest import REPO_ROOT
 
 BATCH = 4
 REFERENCE_PARAMETERS = 841_773
@@ -345,59 +345,11 @@ def test_rnn_sizes_at_the_schema_extremes_build_and_train(
 CONFIG_TOML = REPO_ROOT / "config.toml"
 
 
-def extremes(distribution: Distribution, n_stages: int) -> list[Any]:
-    """Smallest and largest values a distribution yields (every option where unordered)."""
-    if distribution.choice is not None:
-        options = distribution.choice
-        if all(isinstance(o, int | float) and not isinstance(o, bool) for o in options):
-            return [min(options), max(options)]
-        return list(options)
-    if distribution.each is not None:
-        return [[value] * n_stages for value in extremes(distribution.each, n_stages)]
-    if distribution.randint is not None:
-        return [distribution.randint[0], distribution.randint[1] - 1]  # hyperopt: high excluded
-    for kind in ("quniform", "qloguniform"):
-        bounds = getattr(distribution, kind)
-        if bounds is not None:
-            low, high, step = bounds
-            return [round(low / step) * step, round(high / step) * step]
-    for kind in ("uniform", "loguniform"):
-        bounds = getattr(distribution, kind)
-        if bounds is not None:
-            return list(bounds)
-    raise AssertionError(f"a {distribution.kind} distribution has no extremes to test")
-
-
-def with_dotted(raw: dict[str, Any], assignments: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with dotted keys (``model.channels``) set, as a search trial sets them."""
-    result = raw
-    for dotted, value in assignments.items():
-        nested: Any = value
-        for part in reversed(dotted.split(".")):
-            nested = {part: nested}
-        result = deep_merge(result, nested)
-    return result
-
-
-def search_space_cases(
-    space: dict[str, Distribution], n_stages: int, fixed: dict[str, Any] | None = None
-) -> Iterator[dict[str, Any]]:
-    """One case per model key and extreme; ``when`` sub-spaces with their parent's option."""
-    fixed = fixed or {}
-    for key, distribution in space.items():
-        if key.startswith("model."):
-            for value in extremes(distribution, n_stages):
-                yield {**fixed, key: value}
-        for option, subspace in (distribution.when or {}).items():
-            parent = next(o for o in distribution.choice or [] if str(o).lower() == option.lower())
-            yield from search_space_cases(subspace, n_stages, {**fixed, key: parent})
-
-
-def default_search_space_cases() -> list[dict[str, Any]]:
-    if not CONFIG_TOML.is_file():
-        return []
-    config = load_config(CONFIG_TOML)
-    return list(search_space_cases(config.search.space, config.model.conv_layers))
+def default_search_space_cases() -> list[tuple[str, Any, Config]]:
+    """Every ``model.*`` key of config.toml's space at each candidate value (choice options,
+    range ends), in the base config with per-stage lists as long as the search draws them."""
+    space = build_search_space(load_config(CONFIG_TOML))
+    return [case for case in space.candidate_configs() if case[0].startswith("model.")]
 
 
 def test_config_toml_searches_model_keys() -> None:
@@ -405,14 +357,21 @@ def test_config_toml_searches_model_keys() -> None:
 
 
 @pytest.mark.parametrize("kind", ["cnn", "rnn"])
-@pytest.mark.parametrize("case", default_search_space_cases(), ids=str)
-def test_default_search_space_extremes_build_and_train(case: dict[str, Any], kind: str) -> None:
-    raw = tomllib.loads(CONFIG_TOML.read_text(encoding="utf-8"))
-    if "model.kind" not in case:
-        case = {"model.kind": kind, **case}
-    elif kind == "rnn":
-        pytest.skip("the case sets model.kind itself")
-    assert_builds_and_trains(validate_config(with_dotted(raw, case), source=str(case)))
+@pytest.mark.parametrize(
+    "case", default_search_space_cases(), ids=lambda case: f"{case[0]}={case[1]!r}"
+)
+def test_default_search_space_extremes_build_and_train(
+    case: tuple[str, Any, Config], kind: str
+) -> None:
+    key, _, config = case
+    if key == "model.kind":
+        if kind == "rnn":
+            pytest.skip("the case sets model.kind itself")
+    else:
+        config = validate_config(
+            {**config.model_dump(), "model": {**config.model.model_dump(), "kind": kind}}
+        )
+    assert_builds_and_trains(config)
 
 
 # --- impossible combinations are config errors --------------------------------------------

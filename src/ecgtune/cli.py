@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ecgtune.config import load_config
-from ecgtune.errors import UserError
+from pydantic import ValidationError
+
+from ecgtune.config import describe_error, load_config
+from ecgtune.errors import ConfigError, UserError
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -78,5 +80,8 @@ def run_command(args: argparse.Namespace) -> int:
     from ecgtune.search import tune_command
 
     if args.max_evals is not None:
-        config.search.max_evals = args.max_evals
+        try:
+            config.search.max_evals = args.max_evals
+        except ValidationError as exc:
+            raise ConfigError(f"--max-evals: {describe_error(exc)}") from None
     return tune_command(config, fresh=args.fresh, quiet=args.quiet)

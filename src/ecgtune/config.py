@@ -117,8 +117,10 @@ def _reference_pooling() -> list[Pooling]:
 
 
 class ModelConfig(Section):
-    """The network. Per-layer lists give one entry per conv stage; longer lists are cut to
-    ``conv_layers`` (so a search over the depth can share one list), shorter ones are errors."""
+    """The network. Per-layer lists give one entry per conv stage; entries past ``conv_layers``
+    are cut away, so the resolved config (and ``best_config.toml``) lists exactly the stages
+    that run; shorter lists are errors. A search over the depth draws its per-stage lists with
+    ``each`` (see ``search_space``)."""
 
     kind: Literal["cnn", "rnn"] = Field("cnn", description="cnn | rnn")
     conv_layers: int = Field(5, ge=1, le=16, description="conv stages (rnn: front-end stages)")
@@ -145,10 +147,14 @@ class ModelConfig(Section):
     se_reduction: int = Field(4, ge=1, le=64, description="squeeze-excitation reduction ratio")
     residual: bool | list[bool] = Field(
         default_factory=lambda: [False, False, True, True, False],
-        description="residual blocks (one bool for all, or per stage)",
+        description="residual blocks of two convs (one bool for all, or per stage)",
     )
-    attention: bool = Field(False, description="temporal self-attention after the conv stack")
-    attention_heads: int = Field(4, ge=1, le=32, description="heads; must divide channels")
+    attention: bool = Field(
+        False, description="temporal self-attention after the conv stages (cnn, rnn front-end)"
+    )
+    attention_heads: int = Field(
+        4, ge=1, le=32, description="heads; must divide the last stage's channels"
+    )
     global_pool: Literal["avg", "max", "avgmax", "adaptive"] = Field(
         "adaptive", description="head pooling: avg | max | avgmax | adaptive (then flatten)"
     )
@@ -156,7 +162,9 @@ class ModelConfig(Section):
     fc_sizes: list[int] = Field(
         default_factory=lambda: [384, 256, 96], description="fully connected layers of the head"
     )
-    dropout: float = Field(0.3, ge=0, lt=1, description="dropout in the head (and rnn)")
+    dropout: float = Field(
+        0.3, ge=0, lt=1, description="dropout in the head (and between rnn layers)"
+    )
     rr_features: bool = Field(
         False, description="feed each beat's RR intervals (previous, next) into the head"
     )
@@ -219,6 +227,10 @@ class TrainingConfig(Section):
     scheduler: Literal["none", "plateau", "cosine", "onecycle"] = Field(
         "plateau", description="none | plateau (on the objective) | cosine | onecycle"
     )
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau: lr is multiplied by this")
+    plateau_patience: int = Field(
+        2, ge=0, description="plateau: epochs without improvement before the lr drops"
+    )
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
     loss: Literal["ce", "weighted_ce", "focal"] = Field(
         "weighted_ce", description="ce | weighted_ce | focal"
@@ -242,7 +254,13 @@ class TrainingConfig(Section):
 
 
 class Distribution(Section):
-    """One hyperopt distribution of ``[search.space]``: exactly one kind is given."""
+    """One hyperopt distribution of ``[search.space]``: exactly one kind is given.
+
+    Bounds are in the value's own terms (``loguniform = [1e-5, 1e-2]``, not their logs);
+    ``randint = [low, high]`` draws low .. high - 1 as hyperopt does; ``normal = [mu, sigma]``.
+    ``each`` draws every entry of a list independently; ``when`` opens extra keys for some
+    options of a ``choice`` (keyed by the option as written in TOML: ``rnn``, ``3``, ``true``).
+    """
 
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
@@ -263,11 +281,57 @@ class Distribution(Section):
             )
         if self.when is not None and self.choice is None:
             raise _rule_error("'when' opens sub-spaces of a 'choice' only")
+        problem = self._shape_problem()
+        if problem:
+            raise _rule_error(problem)
         return self
+
+    def _shape_problem(self) -> str | None:
+        """What makes this distribution unusable by hyperopt, or None."""
+        kind = self.kind
+        if self.choice is not None:
+            return _choice_problem(self.choice, self.when)
+        if self.each is not None:
+            if self.each.each is not None or self.each.when is not None:
+                return "'each' draws single values: no 'each' or 'when' inside it"
+            return None
+        if self.normal is not None:
+            sigma_ok = self.normal[1] > 0
+            return None if sigma_ok else f"normal = {list(self.normal)}: sigma must be > 0"
+        low, high, *step = getattr(self, kind)
+        written = f"{kind} = {list(getattr(self, kind))}"
+        if not low < high:
+            return f"{written}: low must be below high"
+        if step and step[0] <= 0:
+            return f"{written}: the step q must be > 0"
+        if kind in ("loguniform", "qloguniform") and low <= 0:
+            return f"{written}: log-uniform bounds must be > 0"
+        return None
 
     @property
     def kind(self) -> str:
         return next(k for k in DISTRIBUTION_KINDS if getattr(self, k) is not None)
+
+
+def option_label(option: Any) -> str:
+    """How a ``choice`` option is named as a ``when`` key: as TOML writes it (true, 3, rnn)."""
+    if isinstance(option, bool):
+        return "true" if option else "false"
+    return str(option)
+
+
+def _choice_problem(
+    options: list[Any], when: dict[str, dict[str, Distribution]] | None
+) -> str | None:
+    if not options:
+        return "choice = []: give at least one option"
+    if any(isinstance(option, dict) for option in options):
+        return "choice options are values, not tables"
+    labels = [option_label(option) for option in options]
+    unknown = [key for key in when or {} if key not in labels]
+    if unknown:
+        return f"when = {{ {unknown[0]} = ... }}: {unknown[0]!r} is not one of the choices {labels}"
+    return None
 
 
 DISTRIBUTION_KINDS = (
@@ -290,8 +354,11 @@ class SearchConfig(Section):
     )
     max_evals: int = Field(30, ge=1, description="total trials, the base config included")
     timeout: float | None = Field(None, gt=0, description="stop starting trials after seconds")
-    no_progress_evals: int | None = Field(
-        10, ge=1, description="stop after this many trials without improvement"
+    no_progress_evals: int = Field(
+        10, ge=0, description="stop after this many trials without improvement; 0 = never"
+    )
+    startup_evals: int = Field(
+        10, ge=1, description="tpe: random trials before it models the results"
     )
     objective: Metric = Field("macro_f1", description="validation metric the search maximises")
     space: dict[str, Distribution] = Field(
@@ -336,21 +403,31 @@ class Config(Section):
 
 
 def check_model_fits(model: ModelConfig, input_length: int) -> None:
-    """Catch architectures that cannot run on a beat before any training starts."""
-    uses_conv = model.kind == "cnn" or model.conv_frontend
-    if not uses_conv:
+    """Catch architectures that cannot run on a beat before any training starts.
+
+    The conv stages run for ``kind = "cnn"`` and for an RNN with ``conv_frontend``; only they
+    pool the sequence, and the temporal attention works on their output.
+    """
+    if model.kind == "rnn" and not model.conv_frontend:
+        if model.attention:
+            raise _rule_error(
+                "model.attention = true attends over conv features, but model.kind = 'rnn' "
+                "with model.conv_frontend = false has none: set model.conv_frontend = true or "
+                "model.attention = false"
+            )
         return
     lengths = model.sequence_lengths(input_length)
     if lengths[-1] < 1:
         stage = next(i for i, n in enumerate(lengths) if n < 1)
         raise _rule_error(
-            f"model.pooling = {model.pooling}: pooling by {model.pool_size} shrinks a "
-            f"{input_length}-sample beat below one sample at stage {stage + 1}"
+            f"model.pooling = {model.pooling}: pooling by {model.pool_size} "
+            f"(model.pool_size) shrinks a {input_length}-sample beat below one sample at "
+            f"stage {stage + 1}"
         )
-    if model.kind == "cnn" and model.attention and model.channels[-1] % model.attention_heads:
+    if model.attention and model.channels[-1] % model.attention_heads:
         raise _rule_error(
             f"model.attention_heads = {model.attention_heads} does not divide the last stage's "
-            f"channels ({model.channels[-1]})"
+            f"channels (model.channels[{model.conv_layers - 1}] = {model.channels[-1]})"
         )
 
 

@@ -1,0 +1,215 @@
+"""The search space: every distribution kind, per-stage lists, sub-spaces, and the errors that
+stop a bad space before the search starts. No training here: samples come from hyperopt."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+from hyperopt import space_eval
+from hyperopt.pyll import stochastic
+
+from ecgtune.config import Config, validate_config
+from ecgtune.errors import ConfigError
+from ecgtune.search_space import SearchSpace, build_search_space, flatten_sample
+
+BASE_MODEL = {
+    "conv_layers": 2,
+    "channels": [8, 16],
+    "kernel_sizes": [7, 5],
+    "dilations": [1, 1],
+    "pooling": ["max", "max"],
+    "se_blocks": True,
+    "residual": [False, True],
+    "fc_sizes": [32, 16],
+}
+
+
+def make_config(space: dict[str, Any], **sections: Any) -> Config:
+    raw: dict[str, Any] = {"model": {**BASE_MODEL, **sections.pop("model", {})}}
+    raw.update(sections)
+    raw["search"] = {"space": space}
+    return validate_config(raw)
+
+
+def samples(space: SearchSpace, n: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    return [stochastic.sample(space.expression, rng=rng) for _ in range(n)]
+
+
+def test_every_kind_draws_typed_values_inside_its_bounds() -> None:
+    config = make_config(
+        {
+            "training.lr": {"loguniform": [1e-4, 1e-2]},
+            "model.dropout": {"uniform": [0.1, 0.5]},
+            "training.epochs": {"quniform": [2, 10, 2]},
+            "training.batch_size": {"qloguniform": [16, 256, 16]},
+            "training.early_stopping_patience": {"randint": [2, 5]},
+            "training.weight_decay": {"normal": [1e-3, 1e-5]},
+            "training.optimizer": {"choice": ["adam", "adamw", "sgd"]},
+        },
+        training={"epochs": 4, "early_stopping_patience": 3},
+    )
+    space = build_search_space(config)
+    for sample in samples(space, 40):
+        values = space.values_of(space.trial_config(sample))
+        assert 1e-4 <= values["training.lr"] <= 1e-2
+        assert 0.1 <= values["model.dropout"] <= 0.5
+        assert type(values["training.epochs"]) is int and values["training.epochs"] % 2 == 0
+        assert type(values["training.batch_size"]) is int and values["training.batch_size"] >= 16
+        assert values["training.early_stopping_patience"] in (2, 3, 4)
+        assert values["training.optimizer"] in ("adam", "adamw", "sgd")
+
+
+def test_each_draws_one_entry_per_stage_of_the_deepest_network() -> None:
+    config = make_config(
+        {
+            "model.conv_layers": {"choice": [1, 2, 3, 4]},
+            "model.kernel_sizes": {"each": {"choice": [3, 5, 7]}},
+            "model.channels": {"each": {"quniform": [8, 32, 8]}},
+            "model.dilations": {"each": {"randint": [1, 3]}},
+            "model.pooling": {"each": {"choice": ["none", "max"]}},
+            "model.residual": {"each": {"choice": [False, True]}},
+            "model.fc_sizes": {"each": {"choice": [16, 32, 64]}},
+        }
+    )
+    space = build_search_space(config)
+    assert space.list_lengths["model.kernel_sizes"] == 4
+    assert space.list_lengths["model.fc_sizes"] == 2
+    depths = set()
+    for sample in samples(space, 30):
+        assert len(flatten_sample(sample)["model.kernel_sizes"]) == 4
+        trial = space.trial_config(sample)
+        depths.add(trial.model.conv_layers)
+        for key in ("channels", "kernel_sizes", "dilations", "pooling", "residual"):
+            assert len(getattr(trial.model, key)) == trial.model.conv_layers
+        assert all(type(c) is int and c in (8, 16, 24, 32) for c in trial.model.channels)
+        assert len(trial.model.fc_sizes) == 2
+    assert depths == {1, 2, 3, 4}
+
+
+def test_a_choice_opens_its_own_keys_only_when_drawn() -> None:
+    config = make_config(
+        {
+            "model.kind": {
+                "choice": ["cnn", "rnn"],
+                "when": {
+                    "rnn": {
+                        "model.hidden_size": {"quniform": [16, 64, 16]},
+                        "model.rnn_cell": {"choice": ["gru", "lstm"]},
+                    },
+                    "cnn": {"model.attention": {"choice": [False, True]}},
+                },
+            }
+        },
+        model={"channels": [8, 16], "attention_heads": 4},
+    )
+    space = build_search_space(config)
+    kinds = set()
+    for sample in samples(space, 30):
+        values = space.values_of(space.trial_config(sample))
+        kinds.add(values["model.kind"])
+        if values["model.kind"] == "rnn":
+            assert set(values) == {"model.kind", "model.hidden_size", "model.rnn_cell"}
+            assert values["model.hidden_size"] in (16, 32, 48, 64)
+        else:
+            assert set(values) == {"model.kind", "model.attention"}
+    assert kinds == {"cnn", "rnn"}
+
+
+def test_the_base_point_is_the_base_config() -> None:
+    config = make_config(
+        {
+            "model.conv_layers": {"choice": [1, 2, 3]},
+            "model.kernel_sizes": {"each": {"choice": [3, 5, 7]}},
+            "model.channels": {"each": {"choice": [8, 16, 32]}},
+            "model.dilations": {"each": {"choice": [1, 2]}},
+            "model.pooling": {"each": {"choice": ["max", "none"]}},
+            "model.residual": {"each": {"choice": [False, True]}},
+            "training.lr": {"loguniform": [1e-4, 1e-2]},
+            "training.batch_size": {"randint": [32, 129]},
+            "model.kind": {
+                "choice": ["cnn", "rnn"],
+                "when": {"rnn": {"model.hidden_size": {"quniform": [16, 64, 16]}}},
+            },
+        }
+    )
+    space = build_search_space(config)
+    assert space.base_point["model.conv_layers"] == 1  # the index of 2 in [1, 2, 3]
+    sample = space_eval(space.expression, space.base_point)
+    assert space.trial_config(sample) == config
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"training.lrr": {"uniform": [0.1, 0.2]}}, "'training.lrr': unknown key (did you mean"),
+        ({"model": {"choice": [1]}}, "'model': names a section"),
+        ({"data.lead": {"choice": ["MLII"]}}, "only model.*, training.* and data.resample.*"),
+        ({"seed": {"choice": [1, 2]}}, "'seed': only model.*"),
+        ({"training.lr": {"each": {"choice": [0.1]}}}, "'each' needs a list key"),
+        ({"training.epochs": {"uniform": [1, 3]}}, "uniform draws fractions but the key takes"),
+        (
+            {"training.epochs": {"quniform": [2, 6, 0.5]}},
+            "quniform can draw 2.5, which the config rejects: training.epochs = 2.5",
+        ),
+        (
+            {"training.optimizer": {"choice": ["adamw", "rmsprop"]}},
+            "can draw 'rmsprop', which the config rejects: training.optimizer = 'rmsprop'",
+        ),
+        ({"training.lr": {"loguniform": [1e-4, 20]}}, "can draw 20.0, which the config rejects"),
+        (
+            {"model.kernel_sizes": {"each": {"choice": [0, 7]}}},
+            "each choice can draw 0, which the config rejects",
+        ),
+        (
+            {"model.conv_layers": {"choice": [2, 3]}},
+            "can draw 3, which the config rejects: model.channels has 2 entries",
+        ),
+        (
+            {"training.lr": {"loguniform": [1e-2, 1e-1]}},
+            "the base config's value 0.001 is outside loguniform = [0.01, 0.1]",
+        ),
+        (
+            {"model.kernel_sizes": {"each": {"choice": [3, 5]}}},
+            "'model.kernel_sizes[0]': the base config's value 7 is not among the choices",
+        ),
+        (
+            {
+                "model.hidden_size": {"choice": [64]},
+                "model.kind": {
+                    "choice": ["cnn", "rnn"],
+                    "when": {"rnn": {"model.hidden_size": {"choice": [64]}}},
+                },
+            },
+            "(when model.kind = rnn): the key is already searched by",
+        ),
+    ],
+)
+def test_a_bad_space_is_a_config_error_naming_the_key(space: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_search_space(make_config(space))
+
+
+@pytest.mark.parametrize(
+    ("distribution", "message"),
+    [
+        ({"uniform": [0.5, 0.1]}, "uniform = [0.5, 0.1]: low must be below high"),
+        ({"quniform": [1, 5, 0]}, "the step q must be > 0"),
+        ({"loguniform": [0, 1]}, "log-uniform bounds must be > 0"),
+        ({"normal": [0, -1]}, "sigma must be > 0"),
+        ({"randint": [3, 3]}, "low must be below high"),
+        ({"choice": []}, "give at least one option"),
+        ({"choice": [{"a": 1}]}, "choice options are values, not tables"),
+        ({"choice": ["adam"], "when": {"sgd": {}}}, "'sgd' is not one of the choices"),
+        ({"each": {"each": {"choice": [1]}}}, "no 'each' or 'when' inside it"),
+        ({"uniform": [0.1, 0.2], "choice": [1]}, "give exactly one of"),
+    ],
+)
+def test_a_malformed_distribution_fails_when_the_config_loads(
+    distribution: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({"search": {"space": {"training.lr": distribution}}})
