@@ -340,3 +340,13 @@ def test_ctrl_c_exits_130_with_the_finished_trials_saved(
     parent, children = mlflow_runs(config)
     assert parent.info.status == "KILLED"
     assert [run.info.status for run in children] == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.parametrize("verbose", [True, False])
+def test_verbose_prints_the_model_summary_at_the_start_of_each_trial(
+    search_config: SearchConfig, verbose: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = search_config(max_evals=2, epochs=1, tracking={"verbose": verbose})
+    assert tune_command(config, fresh=False, quiet=True) == 0
+    output = capsys.readouterr().out
+    assert output.count("encoder.stage1") == (2 if verbose else 0)

@@ -51,12 +51,12 @@ from ecgtune.data import load_dataset
 from ecgtune.data.dataset import Dataset
 from ecgtune.data.files import atomic_write
 from ecgtune.errors import ConfigError, DataError, UserError
-from ecgtune.metrics import ClassificationMetrics, compute_metrics
+from ecgtune.metrics import ClassificationMetrics
 from ecgtune.report import load_checkpoint, save_checkpoint, write_report
 from ecgtune.search_space import SearchSpace, build_search_space, flatten_sample
 from ecgtune.tracking.mlflow_runs import MlflowEpochLogger, SearchTracker
-from ecgtune.tracking.tensorboard import log_hparams
-from ecgtune.training import TrainResult, predict, resolve_device, train_model
+from ecgtune.tracking.tensorboard import fresh_directory, log_hparams
+from ecgtune.training import TrainResult, evaluate_test_split, resolve_device, train_model
 
 TRIALS_FILE = "trials.pkl"
 CHECKPOINT_DIR = "checkpoints"
@@ -443,16 +443,6 @@ def trial_params(config: Config) -> dict[str, Any]:
     return flatten_config({key: raw[key] for key in ("seed", "data", "model", "training")})
 
 
-def fresh_directory(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... if a trial lost in flight left it behind."""
-    candidate, attempt = path, 1
-    while candidate.exists():
-        attempt += 1
-        candidate = path.with_name(f"{path.name}-{attempt}")
-    candidate.mkdir(parents=True)
-    return candidate
-
-
 def finish_search(
     config: Config,
     dataset: Dataset,
@@ -473,10 +463,9 @@ def finish_search(
             f"no trial succeeded ({len(rows)} finished, {first}); see the trial table or the "
             f"MLflow runs"
         )
-    model, best_config, class_names = load_checkpoint(store.checkpoint(best.number))
+    model, best_config, _ = load_checkpoint(store.checkpoint(best.number))
     model.to(resolve_device(best_config.training.device))
-    predicted = predict(model, dataset.test, best_config)
-    metrics = compute_metrics(dataset.test.labels, predicted, class_names)
+    metrics = evaluate_test_split(model, dataset, best_config)
     outputs = write_outputs(config, best_config, best, rows, metrics, store)
     tracker.finish(parent_id, parent_metrics(best, trials, metrics, config.search.objective))
     tracker.log_artifacts(parent_id, outputs)
