@@ -259,6 +259,12 @@ def slow_trials(search_config: SearchConfig, tmp_path: Path) -> tuple[Config, Pa
     return config, write_config(config, tmp_path)
 
 
+def restore_default_ctrl_c() -> None:
+    """A shell starts background jobs with SIGINT ignored (CI may run so); the search must
+    see Ctrl-C as a person's terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def search_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
     """Starts ``hypertune.py tune`` in a subprocess; kills it if the test leaves it running."""
@@ -272,6 +278,7 @@ def search_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Popen
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=restore_default_ctrl_c,
         )
         started.append(process)
         return process
