@@ -13,6 +13,17 @@ from ecgtune.config import Config, validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_RECORDS = ["100", "106", "119", "208", "209", "232"]
+TINY_CNN: dict[str, Any] = {
+    "conv_layers": 2,
+    "channels": [8, 16],
+    "kernel_sizes": [7, 5],
+    "dilations": [1, 1],
+    "pooling": ["max", "max"],
+    "se_blocks": True,
+    "residual": [False, True],
+    "fc_sizes": [32],
+}
+"""The tests' small, fast network: two stages, SE, one residual stage."""
 
 
 def find_mitdb_dir() -> Path:
@@ -55,16 +66,7 @@ def small_config(tmp_path: Path, mitdb_dir: Path) -> Callable[..., Config]:
                 "max_beats_per_record": 400,
                 "cache_dir": str(tmp_path / "cache"),
             },
-            "model": {
-                "conv_layers": 2,
-                "channels": [8, 16],
-                "kernel_sizes": [7, 5],
-                "dilations": [1, 1],
-                "pooling": ["max", "max"],
-                "se_blocks": True,
-                "residual": [False, True],
-                "fc_sizes": [32],
-            },
+            "model": TINY_CNN,
             "training": {"epochs": 3, "batch_size": 64, "num_threads": 1},
             "search": {"max_evals": 2, "no_progress_evals": 0},
             "tracking": {

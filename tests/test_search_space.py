@@ -14,17 +14,10 @@ from hyperopt.pyll import stochastic
 from ecgtune.config import Config, validate_config
 from ecgtune.errors import ConfigError
 from ecgtune.search_space import SearchSpace, build_search_space, flatten_sample
+from tests.conftest import TINY_CNN
 
-BASE_MODEL = {
-    "conv_layers": 2,
-    "channels": [8, 16],
-    "kernel_sizes": [7, 5],
-    "dilations": [1, 1],
-    "pooling": ["max", "max"],
-    "se_blocks": True,
-    "residual": [False, True],
-    "fc_sizes": [32, 16],
-}
+BASE_MODEL = {**TINY_CNN, "fc_sizes": [32, 16]}
+"""Two head layers, so an ``each`` over ``model.fc_sizes`` has a list to follow."""
 
 
 def make_config(space: dict[str, Any], **sections: Any) -> Config:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ecgtune.config import describe_error, load_config
 from ecgtune.errors import ConfigError, UserError
 
-EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
