@@ -32,8 +32,8 @@ import pandas as pd
 
 from ecgtune.config import Config, load_config, validate_config
 from ecgtune.data import Dataset, load_dataset
-from ecgtune.data.command import dataset_summary
 from ecgtune.data.files import atomic_write
+from ecgtune.data.summary import dataset_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("numpy", "scipy", "wfdb", "scikit-learn", "pandas", "pyarrow", "rich")

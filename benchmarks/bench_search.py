@@ -1,6 +1,6 @@
 """TPE against random search (and anneal) at the same budget, on one fixed small problem.
 
-Each search is a real ``hypertune.py tune`` run (:func:`ecgtune.search.tune_command`: MLflow,
+Each search is a real ``hypertune.py tune`` run (:func:`ecgtune.commands.tune.tune_command`: MLflow,
 TensorBoard, trials file and all) on the beats of a dozen real records with a tiny CNN trained
 for 2 epochs, over a space of 8 keys (learning rate, depth, per-stage kernel sizes and
 channels, dropout, batch size, loss). Every algorithm runs with the same seeds; a seed fixes
@@ -27,9 +27,11 @@ from typing import Any
 
 from hyperopt import Trials
 
+from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
 from ecgtune.data.files import atomic_write
-from ecgtune.search import TRIALS_FILE, TrialStore, finished_rows, tune_command
+from ecgtune.search.loop import finished_rows
+from ecgtune.search.store import TRIALS_FILE, TrialStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ["100", "105", "106", "119", "200", "201", "203", "208", "209", "213", "223", "232"]

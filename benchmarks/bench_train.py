@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecgtune.commands.train import train_command
 from ecgtune.config import Config, load_config
 from ecgtune.data import load_dataset
 from ecgtune.data.dataset import Dataset
@@ -45,7 +46,6 @@ from ecgtune.training import (
     make_criterion,
     make_optimizer,
     resolve_device,
-    train_command,
     train_model,
 )
 
@@ -97,7 +97,7 @@ class EpochClock(TrainingObserver):
 def trainer_speed(config: Config, dataset: Dataset) -> float:
     """Training beats/s of one epoch of the real trainer."""
     clock = EpochClock()
-    result = train_model(config, dataset, [clock])
+    result = train_model(config, dataset, clock)
     return sum(result.train_counts.values()) / (clock.ended - clock.started)
 
 
@@ -162,10 +162,12 @@ def measure_quality(config: Config) -> dict[str, Any]:
         config = config.model_copy(deep=True)
         config.tracking.output_dir = Path(output)
         config.tracking.tensorboard_dir = Path(output) / "logs"
+        config.tracking.mlflow_uri = f"sqlite:///{Path(output) / 'mlflow.db'}"
         started = time.perf_counter()
         train_command(config, quiet=True)
         wall = time.perf_counter() - started
-        report = json.loads((config.run_dir / "train" / "report.json").read_text())
+        (run_dir,) = config.run_dir.glob("train-*")
+        report = json.loads((run_dir / "report.json").read_text())
     metrics = report["metrics"]
     return {
         "split": config.data.split,

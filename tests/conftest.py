@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,56 @@ TINY_CNN: dict[str, Any] = {
 }
 """The tests' small, fast network: two stages, SE, one residual stage."""
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_for_local_servers() -> Iterator[None]:
+    """The tests' HTTP and MLflow servers run on this machine: a proxy in the environment
+    (``HTTP_PROXY``, ...) must not take requests to them elsewhere. urllib prefers
+    ``no_proxy`` to ``NO_PROXY`` and requests reads either, so both get the union."""
+    names = ("NO_PROXY", "no_proxy")
+    hosts = [h.strip() for name in names for h in os.environ.get(name, "").split(",") if h.strip()]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in names:
+            patch.setenv(name, ",".join(dict.fromkeys([*hosts, *LOCAL_HOSTS])))
+        yield
+
 
 def find_mitdb_dir() -> Path:
     """The read-only records: $ECGTUNE_MITDB_DIR, else ../shared/data/mitdb beside the repo."""
     configured = os.environ.get("ECGTUNE_MITDB_DIR")
     path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "mitdb"
     if not (path / "100.hea").is_file():
-        pytest.fail(f"MIT-BIH records not found in {path} (set ECGTUNE_MITDB_DIR)")
+        source = "from ECGTUNE_MITDB_DIR" if configured else "the default: ECGTUNE_MITDB_DIR unset"
+        pytest.fail(
+            f"MIT-BIH records not found in {path} ({source}): set ECGTUNE_MITDB_DIR to the "
+            f"folder holding 100.hea, 100.dat, 100.atr, ...",
+            pytrace=False,
+        )
     return path
 
 
 @pytest.fixture(scope="session")
 def mitdb_dir() -> Path:
     return find_mitdb_dir()
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder this process cannot write to: made read-only with chmod or, where the mode does
+    not bind (root), a path below a regular file, which no one can create."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            (tmp_path / "file.txt").write_text("a file, not a folder", encoding="utf-8")
+            yield tmp_path / "file.txt" / "sub"
+        else:
+            yield folder
+    finally:
+        folder.chmod(0o755)
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +104,7 @@ def small_config(tmp_path: Path, mitdb_dir: Path) -> Callable[..., Config]:
                 "cache_dir": str(tmp_path / "cache"),
             },
             "model": TINY_CNN,
-            "training": {"epochs": 3, "batch_size": 64, "num_threads": 1},
+            "training": {"epochs": 3, "batch_size": 64, "num_threads": 1, "device": "cpu"},
             "search": {"max_evals": 2, "no_progress_evals": 0},
             "tracking": {
                 "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -67,7 +67,7 @@ def test_mitbih_csv_train_and_test_files(
     np.testing.assert_array_equal(dataset.test.labels, labels[1200:])
     assert len(dataset.valid) == 120 and len(dataset.train) == 1080
     assert set(dataset.test.records.tolist()) == {"mitbih_test.csv"}
-    assert np.array_equal(dataset.test.rr, np.zeros((400, 2), dtype=np.float32))
+    assert np.array_equal(dataset.test.rr, np.zeros((400, 7), dtype=np.float32))
     train_counts = np.bincount(labels[:1200], minlength=5)
     valid_counts = dataset.valid.class_counts(dataset.n_classes)
     np.testing.assert_allclose(valid_counts, train_counts * 0.1, atol=1)
@@ -191,6 +191,5 @@ def test_kaggle_files_have_no_records_to_split_by(
 ) -> None:
     signals, labels = real_beats
     path = write_csv(tmp_path / "mitbih_train.csv", signals[:20], labels[:20])
-    config = kaggle_config(small_config, "csv", train_files=[str(path)], split="inter")
     with pytest.raises(ConfigError, match=r"data.split = 'inter' needs data.source = 'mitdb'"):
-        load_dataset(config)
+        kaggle_config(small_config, "csv", train_files=[str(path)], split="inter")

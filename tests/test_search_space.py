@@ -13,7 +13,7 @@ from hyperopt.pyll import stochastic
 
 from ecgtune.config import Config, validate_config
 from ecgtune.errors import ConfigError
-from ecgtune.search_space import SearchSpace, build_search_space, flatten_sample
+from ecgtune.search.space import SearchSpace, build_search_space, flatten_sample
 from tests.conftest import TINY_CNN
 
 BASE_MODEL = {**TINY_CNN, "fc_sizes": [32, 16]}
@@ -138,8 +138,12 @@ def test_the_base_point_is_the_base_config() -> None:
 @pytest.mark.parametrize(
     ("space", "message"),
     [
-        ({"training.lrr": {"uniform": [0.1, 0.2]}}, "'training.lrr': unknown key (did you mean"),
-        ({"model": {"choice": [1]}}, "'model': names a section"),
+        (
+            {"training.lrr": {"uniform": [0.1, 0.2]}},
+            "'training.lrr': unknown key 'training.lrr' (did you mean",
+        ),
+        ({"model": {"choice": [1]}}, "'model': 'model' is a section, not a key"),
+        ({"training.objective": {"choice": ["loss"]}}, "'training.objective': cannot be searched"),
         ({"data.lead": {"choice": ["MLII"]}}, "only model.*, training.* and data.resample.*"),
         ({"seed": {"choice": [1, 2]}}, "'seed': only model.*"),
         ({"training.lr": {"each": {"choice": [0.1]}}}, "'each' needs a list key"),

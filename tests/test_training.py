@@ -17,32 +17,33 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
+from mlflow import MlflowClient
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from ecgtune import training
 from ecgtune.cli import main
+from ecgtune.commands.evaluate import evaluate_command
+from ecgtune.commands.train import train_command
 from ecgtune.config import Config
 from ecgtune.console.training import TrainingDisplay
 from ecgtune.data import load_dataset
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.metrics import compute_metrics
-from ecgtune.report import load_checkpoint
-from ecgtune.tracking.tensorboard import epoch_scalars
+from ecgtune.report import load_checkpoint, save_checkpoint
+from ecgtune.tracking.tensorboard import TensorBoardEpochs, epoch_scalars
 from ecgtune.training import (
     EpochRecord,
-    FocalLoss,
     TrainingDiverged,
     TrainingObserver,
     TrainResult,
     class_weights,
-    evaluate_command,
     make_criterion,
     predict,
-    train_command,
     train_model,
 )
 
@@ -224,30 +225,6 @@ def test_threads_follow_the_config(make_config: MakeConfig, dataset: Dataset) ->
     assert torch.get_num_threads() == 1
 
 
-def test_class_weights_inverse_and_effective_number() -> None:
-    counts = np.array([100, 10, 0, 1])
-    inverse = class_weights(counts, "inverse", beta=0.999)
-    raw = np.array([1 / 100, 1 / 10, 1])
-    np.testing.assert_allclose(inverse[[0, 1, 3]], raw / raw.mean(), rtol=1e-6)
-    assert inverse[2] == 0
-    effective = class_weights(counts, "effective", beta=0.9)
-    raw = np.array([(1 - 0.9) / (1 - 0.9**n) for n in (100, 10, 1)])
-    np.testing.assert_allclose(effective[[0, 1, 3]], raw / raw.mean(), rtol=1e-6)
-
-
-def test_focal_loss_is_cross_entropy_at_gamma_zero_and_discounts_easy_beats() -> None:
-    logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.0, 2.0]])
-    target = torch.tensor([0, 1, 0])
-    weight = torch.tensor([0.5, 2.0, 1.0])
-    assert FocalLoss(0.0)(logits, target) == pytest.approx(
-        nn.functional.cross_entropy(logits, target).item()
-    )
-    per_beat = nn.functional.cross_entropy(logits, target, reduction="none")
-    p_true = torch.exp(-per_beat)
-    expected = (weight[target] * (1 - p_true) ** 2 * per_beat).mean()
-    assert FocalLoss(2.0, weight)(logits, target) == pytest.approx(expected.item())
-
-
 @pytest.mark.parametrize(
     ("settings", "weighted"),
     [
@@ -302,7 +279,7 @@ def test_resampled_train_counts_reach_result_and_observers(
         training={"epochs": 1},
     )
     recorder = Recorder()
-    result = train_model(config, dataset, [recorder])
+    result = train_model(config, dataset, recorder)
 
     before = dict(zip(dataset.class_names, dataset.train.class_counts(5).tolist(), strict=True))
     present = {name: 150 for name, n in before.items() if n}
@@ -325,7 +302,7 @@ def test_terminal_display_shows_progress_epochs_and_resampled_counts(
     config = make_config(data={"resample": {"method": "random_over"}}, training={"epochs": 1})
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=150, highlight=False)
-    train_model(config, dataset, [TrainingDisplay(console, progress=True, summary=True)])
+    train_model(config, dataset, TrainingDisplay(console, progress=True, summary=True))
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())  # colours, cursor moves
     assert "total" in text and "ConvStage" in text  # the model summary
     n_max = int(dataset.train.class_counts(5).max())
@@ -338,7 +315,9 @@ def test_terminal_display_shows_progress_epochs_and_resampled_counts(
 def test_tensorboard_scalars_equal_the_history(
     make_config: MakeConfig, dataset: Dataset, tmp_path: Path
 ) -> None:
-    result = train_model(make_config(training={"epochs": 2}), dataset, (), tmp_path / "tb-run")
+    tensorboard = TensorBoardEpochs(tmp_path / "tb-run")
+    result = train_model(make_config(training={"epochs": 2}), dataset, tensorboard)
+    tensorboard.close()
     events = EventAccumulator(str(tmp_path / "tb-run"))
     events.Reload()
     expected = [epoch_scalars(record) for record in result.history]
@@ -363,29 +342,70 @@ def test_predict_does_not_depend_on_the_chunk_size(
     assert whole.dtype == np.int64 and whole.shape == (len(dataset.test),)
 
 
-def test_train_command_writes_the_run_and_evaluate_reproduces_it(
-    make_config: MakeConfig, capsys: pytest.CaptureFixture[str]
+def test_validation_figures_are_whole_split_figures_not_chunk_averages(
+    make_config: MakeConfig, dataset: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With 7 beats per evaluation pass, averaging per chunk would give other figures: the
+    epoch's loss and metrics must equal those of the whole split's predictions at once."""
+    monkeypatch.setattr(training, "EVAL_BATCH", 7)
+    config = make_config(training={"epochs": 1, "loss": "ce"})
+    result = train_model(config, dataset)
+    record = result.history[0]
+    signals, rr, labels = training.beats_to_tensors(dataset.valid, torch.device("cpu"))
+    result.model.eval()
+    with torch.inference_mode():
+        logits = result.model(signals, rr)
+    whole_loss = float(nn.functional.cross_entropy(logits, labels))
+    whole = compute_metrics(dataset.valid.labels, logits.argmax(1).numpy(), dataset.class_names)
+    assert len(dataset.valid) % 7 and len(dataset.valid) > 7 * 10
+    assert record.valid_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert record.valid_metrics == {"loss": record.valid_loss, **whole.as_flat_dict()}
+
+
+def test_train_command_writes_its_own_run_and_evaluate_reproduces_it(
+    make_config: MakeConfig,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
     config = make_config(training={"epochs": 2})
+    assert train_command(config, quiet=True) == 0
     assert train_command(config, quiet=True) == 0
     out = capsys.readouterr().out
     assert "macro avg" in out and "specificity" in out and "epoch 2/2" in out
 
-    run_dir = config.run_dir / "train"
+    first, second = sorted(config.run_dir.glob("train-*"))
+    run_dir = second
     for name in ("best_model.pt", "report.json", "confusion_matrix.png"):
-        assert (run_dir / name).is_file(), name
+        assert (first / name).is_file() and (run_dir / name).is_file(), name
     assert (run_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
     report = json.loads((run_dir / "report.json").read_text())
     assert report["split"] == "test"
     assert len(report["history"]) == 2
     assert sum(report["metrics"]["per_class"][c]["support"] for c in "NSVFQ") == 480
-    tensorboard_runs = list(config.tracking.tensorboard_dir.iterdir())
-    assert [run.name.startswith("train-") for run in tensorboard_runs] == [True]
+    tensorboard_runs = sorted((config.tracking.tensorboard_dir / "ecg-arrhythmia").iterdir())
+    assert [run.name for run in tensorboard_runs] == [first.name, second.name]
+
+    client = MlflowClient(config.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {first.name, second.name}
+    run = runs[second.name]
+    assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
+    assert run.info.run_id == report["mlflow"]["run_id"]
+    assert float(run.data.params["training.lr"]) == config.training.lr
+    history = client.get_metric_history(run.info.run_id, "valid/macro_f1")
+    assert sorted(metric.step for metric in history) == [1, 2]
+    assert run.data.metrics["test/macro_f1"] == pytest.approx(report["metrics"]["macro_f1"])
 
     _, loaded_config, class_names = load_checkpoint(run_dir / "best_model.pt")
     assert loaded_config == config and class_names == ("N", "S", "V", "F", "Q")
     report_before = (run_dir / "report.json").read_bytes()
-    assert main(["evaluate", str(run_dir)]) == 0
+    config_path = tmp_path / "here.toml"
+    config_path.write_text(tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)))
+    assert main(["evaluate", str(run_dir), "--config", str(config_path)]) == 0
     assert "macro avg" in capsys.readouterr().out
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["metrics"] == report["metrics"]
@@ -393,13 +413,30 @@ def test_train_command_writes_the_run_and_evaluate_reproduces_it(
     assert (run_dir / "evaluation_confusion_matrix.png").is_file()
 
 
-def test_evaluate_without_a_checkpoint_is_a_one_line_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_evaluate_takes_paths_from_the_current_config_not_the_checkpoint(
+    make_config: MakeConfig, dataset: Dataset, tmp_path: Path
 ) -> None:
-    assert main(["evaluate", str(tmp_path)]) == 2
+    """A checkpoint whose stored config names another cache folder cannot make evaluate write
+    there: the cache folder comes from the config given on the command line."""
+    config = make_config(training={"epochs": 1})
+    model = train_model(config, dataset).model
+    planted = tmp_path / "planted-cache"
+    stored = make_config(training={"epochs": 1}, data={"cache_dir": str(planted)})
+    save_checkpoint(tmp_path / "best_model.pt", model, stored, dataset.class_names)
+    assert evaluate_command(tmp_path, config) == 0
+    assert not planted.exists()
+    assert (tmp_path / "evaluation.json").is_file()
+
+
+def test_evaluate_without_a_checkpoint_is_a_one_line_error(
+    make_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = tmp_path / "here.toml"
+    config_path.write_text(tomli_w.dumps(make_config().model_dump(mode="json", exclude_none=True)))
+    assert main(["evaluate", str(tmp_path), "--config", str(config_path)]) == 2
     assert (
         capsys.readouterr().err.strip() == f"error: checkpoint not found: {tmp_path}/best_model.pt"
     )
     with pytest.raises(DataError, match="not a readable ecgtune checkpoint"):
         (tmp_path / "best_model.pt").write_bytes(b"not a checkpoint")
-        evaluate_command(tmp_path)
+        evaluate_command(tmp_path, make_config())

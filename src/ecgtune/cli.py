@@ -1,23 +1,26 @@
-"""The command line: ``tune`` (default), ``train``, ``data`` and ``evaluate``.
+"""The command line: ``tune`` (default), ``train``, ``data``, ``evaluate`` and ``predict``.
 
-Each command loads the config and hands over to the module that does the job. Bad input
-(:class:`~ecgtune.errors.UserError`) is printed as one line on stderr with exit status 2;
-Ctrl-C exits with 130 after the command has saved what it finished.
+Each command loads the config (with its ``--set KEY=VALUE`` overrides applied before
+validation) and hands over to :mod:`ecgtune.commands`; ``predict`` and ``evaluate --database``
+read no config (the model and its beat rules come from the checkpoint). Exit status: 0 done;
+2 bad input or surroundings (:class:`~ecgtune.errors.UserError`, a failed write), printed as
+one line on stderr; 130 after Ctrl-C and 143 after SIGTERM, once the command has saved what
+it finished and closed its runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
-from pydantic import ValidationError
+from ecgtune.config import load_config
+from ecgtune.errors import Terminated, UserError
 
-from ecgtune.config import describe_error, load_config
-from ecgtune.errors import ConfigError, UserError
-
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,19 +35,69 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, default=Path("config.toml"), help="experiment config (TOML)"
         )
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, VALUE in TOML syntax (repeatable), e.g. "
+            '--set training.epochs=2 --set \'data.records=["100","101"]\'',
+        )
         return command
 
     tune = add_command("tune", "run the hyperparameter search (the default command)")
-    tune.add_argument("--max-evals", type=int, help="total trials (overrides search.max_evals)")
+    tune.add_argument("--max-evals", type=int, help="total trials (same as --set search.max_evals)")
     tune.add_argument("--fresh", action="store_true", help="start over; the old search is kept")
     tune.add_argument("--quiet", action="store_true", help="log lines instead of a live display")
     train = add_command("train", "train the base config once and evaluate it on the test split")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     data = add_command("data", "download, verify and build the dataset; print class counts")
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
-    evaluate = add_command("evaluate", "re-evaluate a saved model on the test split")
+    evaluate = add_command(
+        "evaluate",
+        "re-evaluate a saved model on the test split (paths come from --config, not the model), "
+        "or with --database on every annotated beat of a WFDB database (no config is read)",
+    )
     evaluate.add_argument("run_dir", type=Path, help="directory holding best_model.pt")
+    evaluate.add_argument(
+        "--database", type=Path, metavar="DIR", help="a WFDB database folder (RECORDS or .hea)"
+    )
+    evaluate.add_argument("--records", nargs="+", metavar="R", help="only these records")
+    evaluate.add_argument(
+        "--annotator", metavar="EXT", help="reference beat annotations (default: atr)"
+    )
+    add_record_options(evaluate)
+    predict = commands.add_parser(
+        "predict",
+        help="label every beat of WFDB records",
+        description="Label every beat of WFDB records with a saved model: writes RECORD.ecgtune "
+        "(WFDB annotations) and RECORD.csv (label and class probabilities per beat).",
+    )
+    predict.add_argument("run_dir", type=Path, help="directory holding best_model.pt")
+    predict.add_argument(
+        "records", nargs="+", type=Path, metavar="RECORD", help="record path, no extension"
+    )
+    predict.add_argument(
+        "--annotator",
+        metavar="EXT",
+        help="take beat positions from RECORD.EXT where it exists (default: the XQRS detector)",
+    )
+    predict.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default: beside each record)"
+    )
+    add_record_options(predict)
     return parser
+
+
+def add_record_options(command: argparse.ArgumentParser) -> None:
+    """How ``evaluate --database`` and ``predict`` pick the lead of a record."""
+    command.add_argument("--lead", metavar="NAME", help="lead name (default: the model's lead)")
+    command.add_argument(
+        "--first-channel",
+        action="store_true",
+        help="use a record's first channel when it lacks the lead (default: an error)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,36 +105,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "tune")
     args = build_parser().parse_args(args_list)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run_command(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Terminated:
+        print("terminated (SIGTERM): finished work is saved", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted: finished work is saved", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a scheduler or container stop) ends the command as Ctrl-C does."""
+    raise Terminated()
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A failed read or write in one line: the file, then the system's reason."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc} (finished work is saved; free space or fix permissions)"
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Dispatch to the module that owns the command (imported late: torch loads slowly)."""
+    """Dispatch to the command (imported late: torch loads slowly)."""
     if args.command == "evaluate":
-        from ecgtune.training import evaluate_command
+        check_record_options(args)
+    if args.command == "predict":
+        from ecgtune.commands.predict import predict_command
 
-        return evaluate_command(args.run_dir)
-    config = load_config(args.config)
+        return predict_command(
+            args.run_dir, args.records, args.lead, args.annotator, args.out, args.first_channel
+        )
+    if args.command == "evaluate" and args.database is not None:
+        from ecgtune.commands.evaluate import evaluate_database_command
+
+        return evaluate_database_command(
+            args.run_dir,
+            args.database,
+            args.lead,
+            args.records,
+            args.annotator or "atr",
+            args.first_channel,
+        )
+    overrides: list[str] = list(args.overrides)
+    if getattr(args, "max_evals", None) is not None:
+        overrides.append(f"search.max_evals={args.max_evals}")
+    config = load_config(args.config, overrides)
+    if args.command == "evaluate":
+        from ecgtune.commands.evaluate import evaluate_command
+
+        return evaluate_command(args.run_dir, config)
     if args.command == "data":
-        from ecgtune.data import data_command
+        from ecgtune.commands.data import data_command
 
         return data_command(config, as_json=args.json)
     if args.command == "train":
-        from ecgtune.training import train_command
+        from ecgtune.commands.train import train_command
 
-        return train_command(config, quiet=args.quiet)
-    from ecgtune.search import tune_command
+        return train_command(config, quiet=args.quiet, overrides=overrides, source=str(args.config))
+    from ecgtune.commands.tune import tune_command
 
-    if args.max_evals is not None:
-        try:
-            config.search.max_evals = args.max_evals
-        except ValidationError as exc:
-            raise ConfigError(f"--max-evals: {describe_error(exc)}") from None
-    return tune_command(config, fresh=args.fresh, quiet=args.quiet)
+    return tune_command(
+        config, fresh=args.fresh, quiet=args.quiet, overrides=overrides, source=str(args.config)
+    )
+
+
+def check_record_options(args: argparse.Namespace) -> None:
+    """``evaluate``'s record options need ``--database``, which reads no config (``--set``
+    would change nothing)."""
+    options = {
+        "--records": args.records,
+        "--annotator": args.annotator,
+        "--lead": args.lead,
+        "--first-channel": args.first_channel,
+    }
+    given = [option for option, value in options.items() if value]
+    if args.database is None and given:
+        raise UserError(f"{given[0]} needs --database DIR (it chooses records of a database)")
+    if args.database is not None and args.overrides:
+        raise UserError(
+            "--set: evaluate --database reads no config (the model and its beat rules come "
+            "from RUN_DIR/best_model.pt); leave --set out"
+        )

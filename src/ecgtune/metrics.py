@@ -75,8 +75,9 @@ class ClassificationMetrics:
 
         Keys: ``macro_f1``, ``macro_precision``, ``macro_recall``, ``accuracy``,
         ``balanced_accuracy``, then ``precision_<c>``, ``recall_<c>``, ``f1_<c>``,
-        ``specificity_<c>`` for every class present, then the AAMI ``se_S``/``ppv_S``/``se_V``/
-        ``ppv_V``. Absent classes have no keys (a tracker cannot log ``None``).
+        ``specificity_<c>`` for every class present: one name per figure (the AAMI Se and +P
+        of S and V are ``recall_S`` and ``precision_S``...; :meth:`aami` names them so for
+        reports). Absent classes have no keys (a tracker cannot log ``None``).
         """
         flat = {
             "macro_f1": self.macro_f1,
@@ -90,7 +91,6 @@ class ClassificationMetrics:
                 value = getattr(item, key)
                 if value is not None:
                     flat[f"{key}_{item.name}"] = value
-        flat.update(self.aami())
         return flat
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +118,7 @@ class ClassificationMetrics:
             "aami": self.aami(),
             "class_names": list(self.class_names),
             "confusion_matrix": self.confusion.tolist(),
+            "confusion_matrix_orientation": "rows: true class, columns: predicted class",
         }
 
 
@@ -179,3 +180,15 @@ def _class_metrics(name: str, tp: int, support: int, predicted: int, total: int)
 def _mean(values: Sequence[float | None]) -> float:
     """Mean of present classes' figures (never ``None`` there: support > 0)."""
     return float(np.mean([value for value in values if value is not None]))
+
+
+def minimises(metric: str) -> bool:
+    """Whether a lower value of a validation figure is better: the one place that says so, for
+    early stopping, the plateau schedule, pruning and the search alike (only the loss is)."""
+    return metric == "loss"
+
+
+def improves(score: float, best: float, metric: str, min_delta: float = 0.0) -> bool:
+    """``score`` beats ``best`` by more than ``min_delta`` in ``metric``'s direction."""
+    gain = best - score if minimises(metric) else score - best
+    return gain > min_delta

@@ -25,6 +25,8 @@ from ecgtune.metrics import ClassificationMetrics
 from ecgtune.models import build_model
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_NAME = "best_model.pt"
+"""The model a run leaves behind (a search's best trial, a training's best epoch)."""
 
 
 def save_checkpoint(
@@ -63,40 +65,52 @@ def write_report(
     extra: dict[str, Any],
     json_name: str = "report.json",
     figure_name: str = "confusion_matrix.png",
+    *,
+    title: str = "",
 ) -> None:
-    """``run_dir/json_name``: ``extra`` with the metrics under ``"metrics"``; and
-    ``run_dir/figure_name``: the confusion matrix in counts and row-normalised (recall)."""
+    """``run_dir/json_name``: the metrics first (``"metrics"``), then ``extra`` in its order
+    (put long parts such as the trial table last); and ``run_dir/figure_name``: the confusion
+    matrix in counts and row-normalised (recall), under ``title`` (which split, which model;
+    the beat count is added)."""
     if tuple(class_names) != metrics.class_names:
         raise ValueError(
             f"class names {class_names} differ from the metrics' {metrics.class_names}"
         )
-    text = json.dumps({**extra, "metrics": metrics.to_json()}, indent=2)
+    text = json.dumps({"metrics": metrics.to_json(), **extra}, indent=2)
     with atomic_write(run_dir / json_name) as stream:
         stream.write(text.encode("utf-8"))
     with atomic_write(run_dir / figure_name) as stream:
-        confusion_figure(metrics).savefig(stream, format="png", dpi=120)
+        figure_title = (
+            f"{title} — {metrics.n_beats:,} beats" if title else f"{metrics.n_beats:,} beats"
+        )
+        confusion_figure(metrics, figure_title).savefig(stream, format="png", dpi=120)
 
 
-def confusion_figure(metrics: ClassificationMetrics) -> Figure:
+def confusion_figure(metrics: ClassificationMetrics, title: str) -> Figure:
     """Two panels: beats per (true, predicted) class, and the same divided by each row's
-    support (the diagonal is each class's recall; an absent class's row stays 0).
+    support (the diagonal is each class's recall); rows true, columns predicted. An absent
+    class's row reads "n/a" in the second panel: it has no recall, not a recall of 0.
 
     A bare :class:`Figure` (no pyplot state) renders with Agg when saved as PNG, on any machine.
     """
     counts = metrics.confusion
     support = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
-    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    figure = Figure(figsize=(11, 5.2), layout="constrained")
     panels = figure.subplots(1, 2)
-    for axes, matrix, title, value_format in (
+    for axes, matrix, panel_title, value_format in (
         (panels[0], counts, "Beats", "d"),
         (panels[1], rates, "Share of the true class (recall on the diagonal)", ".2f"),
     ):
         display = ConfusionMatrixDisplay(matrix, display_labels=list(metrics.class_names))
         display.plot(ax=axes, values_format=value_format, colorbar=False, cmap="Blues")
-        axes.set_title(title)
+        axes.set_title(panel_title)
+    for row, name in enumerate(metrics.class_names):
+        if name in metrics.absent_classes:
+            for text in display.text_[row]:
+                text.set_text("n/a")
     figure.suptitle(
-        f"{metrics.n_beats} beats: accuracy {metrics.accuracy:.4f}, "
-        f"macro-F1 {metrics.macro_f1:.4f}"
+        f"{title}: accuracy {metrics.accuracy:.4f}, macro-F1 {metrics.macro_f1:.4f}"
+        + (f" (absent: {', '.join(metrics.absent_classes)})" if metrics.absent_classes else "")
     )
     return figure

@@ -1,16 +1,18 @@
 """The trainer: one model, one config, in-memory batches, early stopping on the validation split.
 
-Read :func:`train_model` top to bottom: it is the whole training run, written flat in the
-manner of nanoGPT's ``train.py``. The splits live on the device as tensors; every epoch draws a
-seeded permutation, permutes the train tensors once and walks contiguous slices of them, so no
-beat is indexed from Python and no batch is gathered or allocated. Losses stay on the device:
-the loop reads them back once every ``REPORT_EVERY`` batches (to feed observers and to stop on
-a NaN/inf loss), not after every step. Validation and test figures come from whole-split
-predictions (:mod:`ecgtune.metrics`). On CPU two runs with the same seed give identical
-metrics.
+Read :func:`train_model` top to bottom: it is the whole training run (set up, then per epoch:
+train one epoch, validate, observe, early-stop; restore the best epoch), written flat in the
+manner of nanoGPT's ``train.py``, with the pieces as small functions below it. The splits live
+on the device as tensors; every epoch draws a seeded permutation, permutes the train tensors
+once and walks contiguous slices of them, so no beat is indexed from Python and no batch is
+gathered or allocated. Losses stay on the device: the loop reads them back once every
+``REPORT_EVERY`` batches (to feed observers and to stop on a NaN/inf loss), not after every
+step. Validation and test figures come from whole-split predictions (:mod:`ecgtune.metrics`).
+On CPU two runs with the same seed give identical metrics.
 
-Also here: :func:`predict` (labels for a whole split), and the ``train`` and ``evaluate``
-commands of ``hypertune.py``.
+The trainer knows no console, no tracker and no writer: everything that shows or records a
+run is a :class:`TrainingObserver` (the commands hand it one :class:`ObserverFanOut`).
+Also here: :func:`predict` (labels for a whole split) and :func:`evaluate_test_split`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,22 +34,19 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from ecgtune.config import Config, TrainingConfig
-from ecgtune.console import make_console
-from ecgtune.data import load_dataset
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.resampling import resample_train_split
-from ecgtune.errors import ConfigError, DataError
-from ecgtune.metrics import ClassificationMetrics, compute_metrics
+from ecgtune.errors import ConfigError
+from ecgtune.metrics import ClassificationMetrics, compute_metrics, improves, minimises
 from ecgtune.models import build_model
-from ecgtune.report import load_checkpoint, save_checkpoint, write_report
-from ecgtune.tracking.tensorboard import log_epoch, open_writer, timestamped_run_dir
 
 REPORT_EVERY = 10
 """Batches between two reads of the losses from the device (observer updates, NaN check)."""
 EVAL_BATCH = 2048
 """Beats per forward pass when predicting a whole split (no gradients: memory is cheap)."""
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
-CHECKPOINT_NAME = "best_model.pt"
+WANDER_HZ = (0.05, 0.5)
+"""Frequencies of ``training.augment.baseline``'s sinusoid: breathing and slow electrode drift."""
 
 
 @dataclass
@@ -111,158 +109,253 @@ class TrainingObserver:
         """The run is over and the best epoch's weights are restored."""
 
 
+class ObserverFanOut(TrainingObserver):
+    """Several observers heard as one, in order: the console, MLflow and TensorBoard of a run."""
+
+    def __init__(self, observers: Sequence[TrainingObserver]) -> None:
+        self.observers = list(observers)
+
+    def on_train_start(self, config: Config, model: nn.Module, n_train: int) -> None:
+        for observer in self.observers:
+            observer.on_train_start(config, model, n_train)
+
+    def on_resampled(self, method: str, before: dict[str, int], after: dict[str, int]) -> None:
+        for observer in self.observers:
+            observer.on_resampled(method, before, after)
+
+    def on_epoch_start(self, epoch: int, n_batches: int) -> None:
+        for observer in self.observers:
+            observer.on_epoch_start(epoch, n_batches)
+
+    def on_batch_end(self, beats: int, loss: float) -> None:
+        for observer in self.observers:
+            observer.on_batch_end(beats, loss)
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        for observer in self.observers:
+            observer.on_epoch_end(record)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        for observer in self.observers:
+            observer.on_train_end(result)
+
+
 def train_model(
-    config: Config,
-    dataset: Dataset,
-    observers: Sequence[TrainingObserver] = (),
-    tensorboard_dir: Path | None = None,
+    config: Config, dataset: Dataset, observer: TrainingObserver | None = None
 ) -> TrainResult:
     """Train ``config.model`` on ``dataset.train``, select the epoch on ``dataset.valid``.
 
-    ``tensorboard_dir`` is this run's own event directory (created), or None for no
-    TensorBoard. Raises :class:`TrainingDiverged` on a NaN/inf loss and :class:`ConfigError`
-    for a device or precision this machine lacks.
+    ``observer`` (one, or an :class:`ObserverFanOut` of several) hears every step; the trainer
+    knows no writer and no console. Raises :class:`TrainingDiverged` on a NaN/inf loss and
+    :class:`ConfigError` for a device or precision this machine lacks.
     """
     started = time.perf_counter()
+    observer = observer or TrainingObserver()
+    cfg = config.training
+    run = prepare_run(config, dataset)
+    observer.on_train_start(config, run.model, run.n_train)
+    if run.resampled_from is not None:
+        observer.on_resampled(config.data.resample.method, run.resampled_from, run.train_counts)
+
+    history: list[EpochRecord] = []
+    stopper = EarlyStopping(cfg)
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_started = time.perf_counter()
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        observer.on_epoch_start(epoch, run.n_batches)
+        train_loss = train_one_epoch(run, epoch, observer)
+        train_seconds = time.perf_counter() - epoch_started
+        valid_loss, valid_metrics = validate(run, dataset.valid, epoch)
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=train_loss,
+            valid_loss=valid_loss,
+            valid_metrics=valid_metrics,
+            lr=lr,
+            seconds=time.perf_counter() - epoch_started,
+            beats_per_second=run.n_train / train_seconds,
+        )
+        history.append(record)
+        observer.on_epoch_end(record)
+        if isinstance(run.scheduler, ReduceLROnPlateau):
+            run.scheduler.step(valid_metrics[cfg.objective])
+        if stopper.update(record, run.model):
+            break
+
+    assert stopper.best is not None  # training.epochs >= 1
+    run.model.load_state_dict(stopper.best_state)
+    result = TrainResult(
+        model=run.model,
+        history=history,
+        best_epoch=stopper.best.epoch,
+        best_valid=stopper.best.valid_metrics,
+        stop_reason=stopper.reason,
+        seconds=time.perf_counter() - started,
+        train_counts=run.train_counts,
+        class_names=dataset.class_names,
+    )
+    observer.on_train_end(result)
+    return result
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run works with, set up once by :func:`prepare_run`: the
+    (resampled) train split and the validation split as tensors on the device, the model, the
+    loss, the optimiser, its schedule, the batch layout and the train batches' augmentation."""
+
+    config: Config
+    class_names: tuple[str, ...]
+    device: torch.device
+    autocast: AbstractContextManager[Any]
+    train: tuple[Tensor, Tensor, Tensor]
+    valid: tuple[Tensor, Tensor, Tensor]
+    train_counts: dict[str, int]
+    resampled_from: dict[str, int] | None
+    batch_sizes: list[int]
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler | ReduceLROnPlateau | None
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    augment: BatchAugment | None
+
+    @property
+    def n_train(self) -> int:
+        return sum(self.batch_sizes)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_sizes)
+
+
+def prepare_run(config: Config, dataset: Dataset) -> TrainingRun:
+    """Seed, pick the device, resample the train split (train only), move both splits to the
+    device and build the model, loss, optimiser and schedule. The seed is set first, so the
+    weights and every batch are reproducible."""
     cfg = config.training
     seed_everything(config.seed)
     torch.set_num_threads(cfg.num_threads or available_cores())
     device = resolve_device(cfg.device)
-    autocast = autocast_context(cfg.precision, device)
     class_names = dataset.class_names
-
-    # The train split, resampled (train only), and the two splits as tensors on the device.
     train = resample_train_split(dataset.train, class_names, config.data.resample, config.seed)
     counts = train.class_counts(dataset.n_classes)
-    train_counts = dict(zip(class_names, counts.tolist(), strict=True))
-    x_train, rr_train, y_train = beats_to_tensors(train, device)
-    x_valid, rr_valid, y_valid = beats_to_tensors(dataset.valid, device)
-    n_train = len(train)
-    n_batches = math.ceil(n_train / cfg.batch_size)
-    sizes = [len(chunk) for chunk in torch.arange(n_train).tensor_split(n_batches)]
-    batch_sizes = torch.tensor(sizes, dtype=torch.float32, device=device)
-
-    # Model, loss, optimiser, schedule. The seed was set first: the weights are reproducible.
+    resample = config.data.resample
+    resampled = resample.method != "none" or bool(resample.drop_classes)
+    before = dataset.train.class_counts(dataset.n_classes).tolist()
+    n_batches = math.ceil(len(train) / cfg.batch_size)
     model = build_model(config, dataset.n_classes).to(device)
-    criterion = make_criterion(cfg, counts).to(device)
     optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer, n_batches)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
-
-    for observer in observers:
-        observer.on_train_start(config, model, n_train)
-    if config.data.resample.method != "none" or config.data.resample.drop_classes:
-        before = dataset.train.class_counts(dataset.n_classes).tolist()
-        for observer in observers:
-            observer.on_resampled(
-                config.data.resample.method,
-                dict(zip(class_names, before, strict=True)),
-                train_counts,
-            )
-
-    history: list[EpochRecord] = []
-    best: EpochRecord | None = None
-    best_state: dict[str, Tensor] = {}
-    stop_reason = f"trained the full training.epochs = {cfg.epochs}"
-    writer = open_writer(tensorboard_dir) if tensorboard_dir is not None else None
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            epoch_started = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            for observer in observers:
-                observer.on_epoch_start(epoch, n_batches)
-
-            # One permutation per epoch; the batches are views of the permuted tensors.
-            model.train()
-            order = torch.randperm(n_train, generator=generator).to(device)
-            batches = zip(
-                x_train[order].tensor_split(n_batches),
-                rr_train[order].tensor_split(n_batches),
-                y_train[order].tensor_split(n_batches),
-                strict=True,
-            )
-            batch_losses = torch.zeros(n_batches, device=device)
-            reported = 0
-            for step, (signals, rr, labels) in enumerate(batches):
-                with autocast:
-                    loss = criterion(model(signals, rr), labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None and cfg.scheduler in PER_BATCH_SCHEDULERS:
-                    scheduler.step()
-                batch_losses[step] = loss.detach()
-                if step + 1 - reported == REPORT_EVERY or step + 1 == n_batches:
-                    done = slice(reported, step + 1)
-                    beats = sum(sizes[done])
-                    mean_loss = float((batch_losses[done] * batch_sizes[done]).sum()) / beats
-                    if not math.isfinite(mean_loss):
-                        raise diverged(epoch, batch_losses, done, n_batches)
-                    for observer in observers:
-                        observer.on_batch_end(beats, mean_loss)
-                    reported = step + 1
-            train_seconds = time.perf_counter() - epoch_started
-            train_loss = float((batch_losses * batch_sizes).sum()) / n_train
-
-            # Whole-split validation: one confusion matrix, the loss over every beat at once.
-            logits = predict_logits(model, x_valid, rr_valid, autocast)
-            valid_loss = float(criterion(logits.float(), y_valid))
-            if not math.isfinite(valid_loss):
-                raise TrainingDiverged(f"epoch {epoch}: the validation loss is {valid_loss}")
-            predicted = logits.argmax(dim=1).cpu().numpy()
-            metrics = compute_metrics(dataset.valid.labels, predicted, class_names)
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=train_loss,
-                valid_loss=valid_loss,
-                valid_metrics={"loss": valid_loss, **metrics.as_flat_dict()},
-                lr=lr,
-                seconds=time.perf_counter() - epoch_started,
-                beats_per_second=n_train / train_seconds,
-            )
-            history.append(record)
-            if writer is not None:
-                log_epoch(writer, record)
-            for observer in observers:
-                observer.on_epoch_end(record)
-
-            # Schedule on the objective, keep the best epoch's weights, stop when stalled.
-            score = record.valid_metrics[cfg.objective]
-            if isinstance(scheduler, ReduceLROnPlateau):
-                scheduler.step(score)
-            if best is None or improves(score, best.valid_metrics[cfg.objective], cfg):
-                best = record
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elif epoch - best.epoch >= cfg.early_stopping_patience:
-                stop_reason = (
-                    f"early stopping: validation {cfg.objective} did not improve by more than "
-                    f"{cfg.min_delta:g} for {cfg.early_stopping_patience} epochs"
-                )
-                break
-    finally:
-        if writer is not None:
-            writer.close()
-
-    assert best is not None  # training.epochs >= 1
-    model.load_state_dict(best_state)
-    result = TrainResult(
-        model=model,
-        history=history,
-        best_epoch=best.epoch,
-        best_valid=best.valid_metrics,
-        stop_reason=stop_reason,
-        seconds=time.perf_counter() - started,
-        train_counts=train_counts,
+    return TrainingRun(
+        config=config,
         class_names=class_names,
+        device=device,
+        autocast=autocast_context(cfg.precision, device),
+        train=beats_to_tensors(train, device),
+        valid=beats_to_tensors(dataset.valid, device),
+        train_counts=dict(zip(class_names, counts.tolist(), strict=True)),
+        resampled_from=dict(zip(class_names, before, strict=True)) if resampled else None,
+        batch_sizes=[len(chunk) for chunk in torch.arange(len(train)).tensor_split(n_batches)],
+        model=model,
+        criterion=make_criterion(cfg, counts).to(device),
+        optimizer=optimizer,
+        scheduler=make_scheduler(cfg, optimizer, n_batches),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        generator=generator,
+        augment=make_augment(config, device, generator),
     )
-    for observer in observers:
-        observer.on_train_end(result)
-    return result
+
+
+def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) -> float:
+    """One pass over a seeded permutation of the train split; returns the mean train loss.
+
+    The batches are views of the permuted tensors; ``training.augment``, when on, transforms
+    each into a new tensor (the train split itself is never changed, and validation, test and
+    prediction never augmented). Losses stay on the device and are read back every
+    ``REPORT_EVERY`` batches, to feed the observer and to stop on a NaN/inf loss.
+    """
+    cfg = run.config.training
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    model.train()
+    order = torch.randperm(run.n_train, generator=run.generator).to(run.device)
+    signals_all, rr_all, labels_all = (tensor[order] for tensor in run.train)
+    batches = zip(
+        signals_all.tensor_split(run.n_batches),
+        rr_all.tensor_split(run.n_batches),
+        labels_all.tensor_split(run.n_batches),
+        strict=True,
+    )
+    sizes = torch.tensor(run.batch_sizes, dtype=torch.float32, device=run.device)
+    batch_losses = torch.zeros(run.n_batches, device=run.device)
+    reported = 0
+    for step, (signals, rr, labels) in enumerate(batches):
+        if run.augment is not None:
+            signals = run.augment(signals)
+        with run.autocast:
+            loss = run.criterion(model(signals, rr), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if run.scheduler is not None and cfg.scheduler in PER_BATCH_SCHEDULERS:
+            run.scheduler.step()
+        batch_losses[step] = loss.detach()
+        if step + 1 - reported == REPORT_EVERY or step + 1 == run.n_batches:
+            done = slice(reported, step + 1)
+            beats = sum(run.batch_sizes[done])
+            mean_loss = float((batch_losses[done] * sizes[done]).sum()) / beats
+            if not math.isfinite(mean_loss):
+                raise diverged(epoch, batch_losses, done, run.n_batches)
+            observer.on_batch_end(beats, mean_loss)
+            reported = step + 1
+    return float((batch_losses * sizes).sum()) / run.n_train
+
+
+def validate(run: TrainingRun, valid: BeatSet, epoch: int) -> tuple[float, dict[str, float]]:
+    """Whole-split validation: the loss over every beat at once and one confusion matrix."""
+    signals, rr, labels = run.valid
+    logits = predict_logits(run.model, signals, rr, run.autocast)
+    loss = float(run.criterion(logits.float(), labels))
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"epoch {epoch}: the validation loss is {loss}")
+    predicted = logits.argmax(dim=1).cpu().numpy()
+    metrics = compute_metrics(valid.labels, predicted, run.class_names)
+    return loss, {"loss": loss, **metrics.as_flat_dict()}
+
+
+class EarlyStopping:
+    """Keeps the best epoch (its record and a copy of its weights) by ``training.objective``
+    and says when ``early_stopping_patience`` epochs have passed without an improvement of
+    more than ``min_delta``."""
+
+    def __init__(self, cfg: TrainingConfig) -> None:
+        self.cfg = cfg
+        self.best: EpochRecord | None = None
+        self.best_state: dict[str, Tensor] = {}
+        self.reason = f"trained the full training.epochs = {cfg.epochs}"
+
+    def update(self, record: EpochRecord, model: nn.Module) -> bool:
+        """Take one finished epoch; True when training should stop now."""
+        cfg, objective = self.cfg, self.cfg.objective
+        score = record.valid_metrics[objective]
+        if self.best is None or improves(
+            score, self.best.valid_metrics[objective], objective, cfg.min_delta
+        ):
+            self.best = record
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        if record.epoch - self.best.epoch < cfg.early_stopping_patience:
+            return False
+        self.reason = (
+            f"early stopping: validation {objective} did not improve by more than "
+            f"{cfg.min_delta:g} for {cfg.early_stopping_patience} epochs"
+        )
+        return True
 
 
 def seed_everything(seed: int) -> None:
@@ -303,9 +396,73 @@ def autocast_context(precision: str, device: torch.device) -> AbstractContextMan
 
 
 def beats_to_tensors(beats: BeatSet, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Signals ``(n, 1, length)``, RR features ``(n, 2)`` and labels ``(n,)`` on the device."""
-    signals = torch.from_numpy(beats.signals).unsqueeze(1).to(device)
+    """Signals ``(n, channels, length)``, RR features ``(n, len(RR_COLUMNS))`` and labels
+    ``(n,)`` on the device. The channels are the signals' own: one for the (n, length)
+    layout of ``BeatSet.signals``, ``channels`` for an (n, channels, length) one."""
+    signals = torch.from_numpy(beats.signals)
+    signals = signals.reshape(len(beats), -1, signals.shape[-1]).to(device)
     return signals, torch.from_numpy(beats.rr).to(device), torch.from_numpy(beats.labels).to(device)
+
+
+class BatchAugment:
+    """``training.augment``: random per-beat transforms of a train batch, vectorised on its
+    device and drawn from a generator seeded by the run's, so two runs with one seed augment
+    alike. In order: a zero-filled time shift of up to ``shift`` samples either way, amplitude
+    scaling by U(1 - scale, 1 + scale), a sinusoid of amplitude U(0, baseline), frequency
+    U(:data:`WANDER_HZ`) (``data.target_hz`` sets the time axis) and random phase (baseline
+    wander), Gaussian noise of standard deviation ``noise``."""
+
+    def __init__(self, config: Config, device: torch.device, seed: int) -> None:
+        self.cfg = config.training.augment
+        self.sample_hz = config.data.target_hz
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, signals: Tensor) -> Tensor:
+        cfg, batch = self.cfg, signals.shape[0]
+        if cfg.shift:
+            signals = self._shifted(signals)
+        if cfg.scale:
+            signals = signals * (1 + cfg.scale * (2 * self._uniform(batch, 1, 1) - 1))
+        if cfg.baseline:
+            signals = signals + self._wander(signals)
+        if cfg.noise:
+            noise = torch.randn(signals.shape, generator=self.generator, device=signals.device)
+            signals = signals + cfg.noise * noise
+        return signals
+
+    def _uniform(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.generator.device)
+
+    def _shifted(self, signals: Tensor) -> Tensor:
+        """Each beat moved by its own whole number of samples; vacated samples are zero."""
+        batch, channels, length = signals.shape
+        shift = self.cfg.shift
+        moves = torch.randint(
+            -shift, shift + 1, (batch, 1, 1), generator=self.generator, device=signals.device
+        )
+        source = torch.arange(length, device=signals.device) - moves
+        valid = (source >= 0) & (source < length)
+        index = source.clamp(0, length - 1).expand(batch, channels, length)
+        return torch.where(valid, signals.gather(2, index), torch.zeros_like(signals))
+
+    def _wander(self, signals: Tensor) -> Tensor:
+        """A low-frequency sinusoid per beat, the same on every channel."""
+        batch, length = signals.shape[0], signals.shape[-1]
+        amplitude = self.cfg.baseline * self._uniform(batch, 1, 1)
+        low, high = WANDER_HZ
+        hertz = low + (high - low) * self._uniform(batch, 1, 1)
+        phase = 2 * math.pi * self._uniform(batch, 1, 1)
+        seconds = torch.arange(length, device=signals.device) / self.sample_hz
+        return amplitude * torch.sin(2 * math.pi * hertz * seconds + phase)
+
+
+def make_augment(config: Config, device: torch.device, run: torch.Generator) -> BatchAugment | None:
+    """The run's augmentation, or None when every transform is off. Its seed is drawn from the
+    run's generator only when it is on, so a run without augmentation batches as before."""
+    if not config.training.augment.active:
+        return None
+    seed = int(torch.randint(2**62, (1,), generator=run))
+    return BatchAugment(config, device, seed)
 
 
 def class_weights(counts: NDArray[np.int64], kind: str, beta: float) -> NDArray[np.float32]:
@@ -368,7 +525,7 @@ def make_scheduler(
     if cfg.scheduler == "plateau":
         return ReduceLROnPlateau(
             optimizer,
-            mode="min" if cfg.objective == "loss" else "max",
+            mode="min" if minimises(cfg.objective) else "max",
             factor=cfg.plateau_factor,
             patience=cfg.plateau_patience,
             threshold=cfg.min_delta,
@@ -379,12 +536,6 @@ def make_scheduler(
     if cfg.scheduler == "onecycle":
         return OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
     return None
-
-
-def improves(score: float, best: float, cfg: TrainingConfig) -> bool:
-    """Better than the best by more than ``training.min_delta`` (lower for the loss)."""
-    gain = best - score if cfg.objective == "loss" else score - best
-    return gain > cfg.min_delta
 
 
 def diverged(epoch: int, batch_losses: Tensor, done: slice, n_batches: int) -> TrainingDiverged:
@@ -426,64 +577,11 @@ def evaluate_test_split(
     return compute_metrics(dataset.test.labels, predicted, dataset.class_names)
 
 
-def train_command(config: Config, quiet: bool) -> int:
-    """``hypertune.py train``: train the base config once, evaluate once on the test split."""
-    from ecgtune.console.training import TrainingDisplay, metrics_table  # (an import cycle)
-
-    console = make_console()
-    dataset = load_dataset(config, console=console)
-    display = TrainingDisplay(console, progress=not quiet, summary=True)
-    tensorboard_dir = timestamped_run_dir(config.tracking.tensorboard_dir, "train")
-    try:
-        result = train_model(config, dataset, [display], tensorboard_dir)
-    except TrainingDiverged as exc:
-        raise ConfigError(f"training diverged: {exc}") from exc
-    run_dir = config.run_dir / "train"
-    save_checkpoint(run_dir / CHECKPOINT_NAME, result.model, config, dataset.class_names)
-    metrics = evaluate_test_split(result.model, dataset, config)
-    extra = {
-        "split": "test",
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
-        "seconds": result.seconds,
-        "train_counts": result.train_counts,
-        "best_valid": result.best_valid,
-        "history": [asdict(record) for record in result.history],
-        "checkpoint": CHECKPOINT_NAME,
-        "tensorboard_dir": str(tensorboard_dir),
-        "config": config.model_dump(mode="json"),
-    }
-    write_report(run_dir, metrics, dataset.class_names, extra)
-    console.print(metrics_table(metrics, title=f"Test split ({metrics.n_beats} beats)"))
-    console.print(f"Wrote {run_dir / CHECKPOINT_NAME}, report.json and confusion_matrix.png")
-    return 0
-
-
-def evaluate_command(run_dir: Path) -> int:
-    """``hypertune.py evaluate RUN_DIR``: reload ``best_model.pt`` and its config, rebuild the
-    dataset and evaluate on the test split again; writes ``evaluation.json`` (and its figure)
-    beside the training report, which is left as it was."""
-    from ecgtune.console.training import metrics_table
-
-    console = make_console()
-    model, config, class_names = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    dataset = load_dataset(config, console=console)
-    if dataset.class_names != class_names:
-        raise DataError(
-            f"{run_dir / CHECKPOINT_NAME}: the model's classes {list(class_names)} differ from "
-            f"the rebuilt dataset's {list(dataset.class_names)}"
-        )
-    model.to(resolve_device(config.training.device))
-    metrics = evaluate_test_split(model, dataset, config)
-    extra = {"split": "test", "checkpoint": str(run_dir / CHECKPOINT_NAME)}
-    write_report(
-        run_dir,
-        metrics,
-        class_names,
-        extra,
-        json_name="evaluation.json",
-        figure_name="evaluation_confusion_matrix.png",
-    )
-    console.print(metrics_table(metrics, title=f"Test split ({metrics.n_beats} beats)"))
-    console.print(f"Wrote {run_dir / 'evaluation.json'} (report.json is left as it was)")
-    return 0
+def predict_proba(model: nn.Module, beats: BeatSet) -> NDArray[np.float32]:
+    """Class probabilities ``(n, K)`` of every beat, on the model's device and in fp32 whatever
+    ``training.precision`` the model was trained with (fp16 autocast exists on CUDA only, and
+    a saved model's weights are fp32): evaluation and prediction of a saved model on the CPU."""
+    device = next(model.parameters()).device
+    signals, rr, _ = beats_to_tensors(beats, device)
+    logits = predict_logits(model, signals, rr, autocast_context("fp32", device))
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -1,6 +1,6 @@
-"""What ``hypertune.py data`` shows: progress bars while the dataset is built, then a table of
-beats per class per split. Works on the plain summary mapping of
-:func:`ecgtune.data.command.dataset_summary`, so it needs nothing from the data package."""
+"""What the data layer shows: progress bars while the dataset is downloaded and built, then
+(``hypertune.py data``) a table of beats per class per split, from the plain summary mapping of
+:func:`ecgtune.data.summary.dataset_summary`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from ecgtune.data.progress import DataProgress
+
+
+def data_progress(console: Console | None) -> DataProgress:
+    """The data layer's progress bars on ``console`` (silent without one)."""
+    return DataProgress(download=download_progress(console), build=build_progress(console))
 
 
 def download_progress(console: Console | None) -> Progress:

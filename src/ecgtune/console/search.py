@@ -9,7 +9,6 @@ the same events as plain log lines. After the search: the top trials and the tes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -21,25 +20,20 @@ from rich.table import Table
 from torch import nn
 
 from ecgtune.config import Config
+from ecgtune.data.dataset import Dataset
 from ecgtune.models.summary import model_summary
+from ecgtune.search.trials import (
+    TrialObserver,
+    TrialOutcome,
+    TrialRow,
+    TrialStart,
+    best_row,
+    ranked_rows,
+)
 from ecgtune.training import EpochRecord, TrainingObserver
 
 VISIBLE_TRIALS = 12
 """Finished trials the live table shows: the most recent ones, plus the best if older."""
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One finished trial as tables and reports show it."""
-
-    number: int
-    ok: bool
-    values: dict[str, Any]
-    objective: float | None
-    epochs: int
-    seconds: float
-    note: str
-    """The failure reason, or why training stopped."""
 
 
 def short_values(values: dict[str, Any]) -> str:
@@ -57,30 +51,66 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def best_row(rows: Sequence[TrialRow], maximise: bool) -> TrialRow | None:
-    """The finished trial with the best objective (the first one on ties)."""
-    finished = [row for row in rows if row.ok and row.objective is not None]
-    if not finished:
-        return None
-    sign = 1.0 if maximise else -1.0
-    return max(finished, key=lambda row: (sign * (row.objective or 0.0), -row.number))
+def run_header(config: Config, dataset: Dataset, device: str, threads: int, engine: str) -> Table:
+    """What a run is about to do and where its results go, printed before the work: the
+    experiment, beats per class per split, device and threads, the engine, and the folders
+    with the commands that open them."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("experiment", config.tracking.experiment)
+    data = config.data
+    table.add_row("data", f"{data.source}, {data.split} split, {dataset.beat_length}-sample beats")
+    for name in ("train", "valid", "test"):
+        beats = getattr(dataset, name)
+        counts = beats.class_counts(dataset.n_classes).tolist()
+        per_class = "  ".join(
+            f"{c} {n:,}" for c, n in zip(dataset.class_names, counts, strict=True)
+        )
+        table.add_row(f"{name} split", f"{len(beats):,} beats: {per_class}")
+    table.add_row("device", f"{device}, {threads} threads")
+    table.add_row("engine", engine)
+    table.add_row("results", str(config.run_dir))
+    uri, logs = config.tracking.mlflow_uri, config.tracking.tensorboard_dir
+    table.add_row("MLflow", f"{uri}  (open: mlflow ui --backend-store-uri {uri})")
+    table.add_row("TensorBoard", f"{logs}  (open: tensorboard --logdir={logs})")
+    return table
+
+
+def column_names(keys: Sequence[str]) -> dict[str, str]:
+    """A short column name per searched key, as Ray Tune's trial table has: the key's last
+    part (``lr``), or the whole key where two keys end alike."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {
+        key: name if last.count(name) == 1 else key for key, name in zip(keys, last, strict=True)
+    }
 
 
 def trials_table(
-    rows: Sequence[TrialRow], objective: str, maximise: bool, title: str, best: TrialRow | None
+    rows: Sequence[TrialRow],
+    objective: str,
+    title: str,
+    best: TrialRow | None,
+    keys: Sequence[str],
 ) -> Table:
-    """Trials in the given order; the best one in bold green, failed ones in red."""
+    """Trials in the given order, one column per searched key; the best one in bold green,
+    failed ones in red."""
     table = Table(title=title, title_justify="left")
-    for column in ("#", "searched values", f"valid {objective}", "epochs", "time", "status"):
-        left = column in ("searched values", "status")
-        table.add_column(column, justify="left" if left else "right", overflow="fold")
+    table.add_column("#", justify="right")
+    names = column_names(keys)
+    for key in keys:
+        table.add_column(names[key], justify="right", overflow="fold")
+    for column in (f"valid {objective}", "epochs", "time"):
+        table.add_column(column, justify="right")
+    table.add_column("status", overflow="fold")
     for row in rows:
         score = "-" if row.objective is None else f"{row.objective:.4f}"
-        status = "ok" if row.ok else escape(f"failed: {row.note}")
+        status = "ok" if row.ok else escape(f"{row.status}: {row.note}")
         style = "bold green" if best is not None and row is best else None if row.ok else "red"
+        values = [escape(_short(row.values[key])) if key in row.values else "" for key in keys]
         table.add_row(
             str(row.number),
-            short_values(row.values),
+            *values,
             score,
             str(row.epochs),
             _duration(row.seconds),
@@ -90,15 +120,14 @@ def trials_table(
     return table
 
 
-def top_trials_table(rows: Sequence[TrialRow], objective: str, maximise: bool, n: int) -> Table:
+def top_trials_table(
+    rows: Sequence[TrialRow], objective: str, n: int, keys: Sequence[str]
+) -> Table:
     """The ``n`` best finished trials, best first."""
-    sign = -1.0 if maximise else 1.0
-    ranked = sorted(
-        (row for row in rows if row.ok and row.objective is not None),
-        key=lambda row: (sign * (row.objective or 0.0), row.number),
-    )
+    ranked = ranked_rows(rows, objective)
     best = ranked[0] if ranked else None
-    return trials_table(ranked[:n], objective, maximise, f"Top {n} trials", best)
+    title = f"Top {min(n, len(ranked))} of {len(rows)} trials"
+    return trials_table(ranked[:n], objective, title, best, keys)
 
 
 def _duration(seconds: float) -> str:
@@ -107,8 +136,9 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-class SearchDisplay(TrainingObserver):
-    """The search's live view (or log lines); also the trainer's observer for epoch progress.
+class SearchDisplay(TrialObserver, TrainingObserver):
+    """The search's live view (or log lines): a trial observer, and the running trial's
+    training observer for its epoch progress.
 
     Use as a context manager around the search, so the live display is always stopped.
     """
@@ -118,14 +148,14 @@ class SearchDisplay(TrainingObserver):
         console: Console,
         live: bool,
         objective: str,
-        maximise: bool,
         max_evals: int,
+        keys: Sequence[str],
         verbose: bool = False,
     ) -> None:
         self.console = console
         self.verbose = verbose
+        self.keys = list(keys)
         self.objective = objective
-        self.maximise = maximise
         self.max_evals = max_evals
         self.rows: list[TrialRow] = []
         self.session_seconds: list[float] = []
@@ -133,7 +163,7 @@ class SearchDisplay(TrainingObserver):
         self.epochs = 0
         self.search_progress = Progress(
             TextColumn("[bold]search"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TextColumn("trials  best {task.fields[best]}  ETA {task.fields[eta]}"),
             console=console,
@@ -143,14 +173,16 @@ class SearchDisplay(TrainingObserver):
         )
         self.trial_progress = Progress(
             TextColumn("[bold]trial {task.fields[trial]}[/] epoch {task.fields[epoch]}"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
-            TextColumn("beats  loss {task.fields[loss]}  valid {task.fields[valid]}"),
+            TextColumn("beats  loss {task.fields[loss]}  {task.fields[valid]}"),
             console=console,
         )
         self.trial_task: TaskID | None = None
         self.live = (
-            Live(self._renderable(), console=console, refresh_per_second=4) if live else None
+            Live(self._renderable(), console=console, refresh_per_second=4, transient=True)
+            if live
+            else None
         )
 
     def __enter__(self) -> SearchDisplay:
@@ -179,17 +211,18 @@ class SearchDisplay(TrainingObserver):
             self.log(f"Resuming the search: {len(rows)} trials done, {self._best()} best so far")
         self._refresh()
 
-    def trial_started(self, number: int, values: dict[str, Any]) -> None:
-        self.trial = number
+    def trial_started(self, trial: TrialStart) -> TrainingObserver:
+        self.trial = trial.number
         if self.live is None:
-            self.log(f"trial {number} started: {short_values(values)}")
-            return
+            self.log(f"trial {trial.number} started: {short_values(trial.values)}")
+            return self
         if self.trial_task is not None:
             self.trial_progress.remove_task(self.trial_task)
         self.trial_task = self.trial_progress.add_task(
-            "trial", total=None, trial=number, epoch="-", loss="-", valid="-"
+            "trial", total=None, trial=trial.number, epoch="-", loss="-", valid=""
         )
         self._refresh()
+        return self
 
     def on_train_start(self, config: Config, model: nn.Module, n_train: int) -> None:
         self.epochs = config.training.epochs
@@ -209,18 +242,20 @@ class SearchDisplay(TrainingObserver):
     def on_epoch_end(self, record: EpochRecord) -> None:
         value = record.valid_metrics[self.objective]
         if self.trial_task is not None:
-            self.trial_progress.update(self.trial_task, valid=f"{self.objective} {value:.4f}")
+            valid = f"epoch {record.epoch} valid {self.objective} {value:.4f}"
+            self.trial_progress.update(self.trial_task, valid=valid)
             return
         self.log(
             f"trial {self.trial} epoch {record.epoch}/{self.epochs}: train loss "
             f"{record.train_loss:.4f}, valid {self.objective} {value:.4f} ({record.seconds:.1f} s)"
         )
 
-    def trial_finished(self, row: TrialRow) -> None:
-        was_best = best_row(self.rows, self.maximise)
+    def trial_ended(self, outcome: TrialOutcome) -> None:
+        row = outcome.row
+        was_best = best_row(self.rows, self.objective)
         self.rows.append(row)
         self.session_seconds.append(row.seconds)
-        is_best = best_row(self.rows, self.maximise) is row and was_best is not row
+        is_best = best_row(self.rows, self.objective) is row and was_best is not row
         self.search_progress.update(
             self.search_task, completed=len(self.rows), best=self._best(), eta=self._eta()
         )
@@ -234,11 +269,11 @@ class SearchDisplay(TrainingObserver):
                 f"{row.epochs} epochs, {_duration(row.seconds)}"
             )
         else:
-            self.log(escape(f"trial {row.number} failed: {row.note}"))
+            self.log(escape(f"trial {row.number} {row.status}: {row.note}"))
         self._refresh()
 
     def _best(self) -> str:
-        best = best_row(self.rows, self.maximise)
+        best = best_row(self.rows, self.objective)
         return "-" if best is None or best.objective is None else f"{best.objective:.4f}"
 
     def _eta(self) -> str:
@@ -251,11 +286,11 @@ class SearchDisplay(TrainingObserver):
 
     def _renderable(self) -> Group:
         shown = self.rows[-VISIBLE_TRIALS:]
-        best = best_row(self.rows, self.maximise)
+        best = best_row(self.rows, self.objective)
         if best is not None and best not in shown:
             shown = [best, *shown[1:]]
         title = f"Finished trials ({len(self.rows)}; the best in green)"
-        table = trials_table(shown, self.objective, self.maximise, title, best)
+        table = trials_table(shown, self.objective, title, best, self.keys)
         return Group(self.search_progress, self.trial_progress, table)
 
     def _refresh(self) -> None:

@@ -1,4 +1,5 @@
-"""Heartbeats in the 187-sample format of Kachuee, Fazeli and Sarrafzadeh (2018), vectorised.
+"""Heartbeats cut from a record, vectorised: the 187-sample format of Kachuee, Fazeli and
+Sarrafzadeh (2018) by default, or a window centred on the R peak; and RR features.
 
 Rules (one record at a time, every beat of the record cut at once with numpy indexing):
 
@@ -7,22 +8,42 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   beats. ``B``, ``n``, ``r`` and ``?`` follow the usual AAMI convention (N, S, V, Q) for
   completeness but never occur in mitdb 1.0.0, so the counts equal those of DESIGN.md's
   mapping: N 90,631, S 2,781, V 7,236, F 803, Q 8,043 (109,494 beats).
-* **Signal.** The lead is resampled from 360 Hz to ``target_hz`` with ``resample_poly``
-  (``padtype="line"``: the record's DC offset causes no filter transient at its ends) and cut
-  into consecutive ``window_seconds`` windows from the record start (the last one may be
-  shorter); each window is min-max normalised to [0, 1] on its own.
-* **Beat.** A beat starts at its annotated R peak (the annotation sample mapped to
-  ``target_hz`` and rounded) and spans ``beat_span`` x the median RR interval of its window
-  (RR between consecutive beats both inside the window; a window with fewer than two beats uses
-  the record's median RR); the rest up to ``beat_length`` is zero, a longer span is cut.
-* **Past the window end.** A beat that runs past its window's end keeps reading the signal,
-  normalised with *its own window's* min and max and clipped to [0, 1], so every beat has its
-  full shape; past the end of the record it is zero-padded. No beat is dropped.
-* **RR intervals** (seconds, at 360 Hz): previous and next beat of the same record, whatever
-  their class; the record's first beat uses its next interval as the previous one and the last
-  beat its previous interval as the next one.
-* ``max_beats_per_record`` keeps the first N beats after all of the above, so a beat is the
-  same whether or not the record is truncated.
+* **Signal.** The lead is resampled from the record's rate to ``target_hz`` with
+  ``resample_poly`` (``padtype="line"``: the record's DC offset causes no filter transient at
+  its ends). ``data.baseline`` then optionally removes the baseline wander from the whole
+  record: ``median`` subtracts a 200 ms then 600 ms median filter of the signal (de Chazal et
+  al. 2004), ``highpass`` runs a zero-phase 2nd-order Butterworth high-pass at 0.5 Hz.
+* **R peak.** The annotation sample mapped to ``target_hz`` and rounded.
+* **Window** (``data.window``). ``kachuee``: a beat starts at its R peak and spans
+  ``beat_span`` x the median RR interval of its ``window_seconds`` window (RR between
+  consecutive beats both inside the window; a window with fewer than two beats uses the
+  record's median RR); the rest up to ``beat_length`` is zero, a longer span is cut. The P wave
+  before the R peak is not in the beat. ``centered``: a beat is ``beat_length`` samples starting
+  ``pre_r_seconds`` before its R peak, so the R peak is sample ``round(pre_r_seconds x
+  target_hz)`` and the beat carries its P wave and, when long enough (1.5-2 s), its neighbours.
+* **Past the record ends** a beat is zero (Kachuee's padding): zero is the window's minimum
+  under min-max and the mean level under a z-score, a flat line that invents no waveform,
+  where repeating the edge value would draw a step at an arbitrary level.
+* **Amplitude** (``data.normalise``). ``window_minmax``: the record is cut into consecutive
+  ``window_seconds`` windows from its start (the last may be shorter) and a beat is scaled to
+  [0, 1] by its R peak's window's minimum and maximum, clipped to [0, 1] where it reads past
+  that window. ``beat_zscore``: the beat's samples (inside the record and, for ``kachuee``, its
+  span) minus their mean, divided by their standard deviation. ``window_zscore``: the same with
+  the mean and standard deviation of the ``window_seconds`` of signal centred on the R peak (cut
+  at the record's ends). The z-scores depend on no single extreme sample, unlike min-max, where
+  one artefact spike rescales a whole window; a flat beat or window (standard deviation below
+  :data:`FLAT_FRACTION` of the record's largest absolute sample) becomes zeros.
+* **RR features** (:data:`RR_COLUMNS`, from the annotations at the record's own rate): the
+  previous and next RR interval of a beat in seconds, whatever the neighbours' class (the
+  record's first beat uses its next interval as the previous one, the last beat its previous
+  interval as the next one); both divided by the record's mean RR; both divided by the beat's
+  local mean RR, the mean of the last ``rr_local_beats`` intervals up to and including its
+  previous one (causal: a later beat never changes it, so it can be computed on a stream; the
+  first beats average the intervals there are, the first beat borrows its next interval); and
+  the local mean divided by the record's mean. Ratios make patients with different heart rates
+  comparable: a premature beat has a previous-RR ratio well below 1 whatever the patient's rate.
+* ``max_beats_per_record`` keeps the first N beats after all of the above (the record means use
+  every beat), so a beat is the same whether or not the record is truncated.
 """
 
 from __future__ import annotations
@@ -31,9 +52,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.signal import resample_poly
+from scipy.ndimage import median_filter
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
-from ecgtune.config import AAMI_CLASSES, DataConfig
+from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures
 from ecgtune.data.records import Annotations, Lead
 from ecgtune.errors import DataError
 
@@ -47,11 +69,40 @@ AAMI_SYMBOLS: dict[str, str] = {
 SYMBOL_CLASS: dict[str, int] = {
     symbol: AAMI_CLASSES.index(name) for name, symbols in AAMI_SYMBOLS.items() for symbol in symbols
 }
+RR_COLUMNS = (
+    "rr_previous",
+    "rr_next",
+    "rr_previous_by_record",
+    "rr_next_by_record",
+    "rr_previous_by_local",
+    "rr_next_by_local",
+    "rr_local_by_record",
+)
+"""The columns of every beat's ``rr`` row (module docstring): seconds, then ratios."""
+RR_SELECTIONS: dict[RRFeatures, tuple[str, ...]] = {
+    "none": (),
+    "raw": RR_COLUMNS[:2],
+    "normalised": RR_COLUMNS[2:],
+    "all": RR_COLUMNS,
+}
+"""The columns each ``model.rr_features`` option feeds to the head."""
+MEDIAN_SECONDS = (0.2, 0.6)
+"""De Chazal's baseline estimate: a 200 ms median filter (removes the QRS and P waves), then a
+600 ms one (removes the T wave)."""
+HIGHPASS_HZ = 0.5
+HIGHPASS_ORDER = 2
+FLAT_FRACTION = 1e-4
+"""A beat or window whose standard deviation is below this fraction of the record's largest
+absolute sample is flat and becomes zeros. Resampling leaves a ripple of about 1e-5 of the
+signal's level on a flat line (the polyphase filter's DC gain differs slightly by phase), which
+a z-score would blow up to unit size; a real beat varies by far more (MIT-BIH: a standard
+deviation of tens of ADC units at levels of about 1,000)."""
 
 
 @dataclass(frozen=True)
 class RecordBeats:
-    """The beats of one record, row-aligned; ``samples`` are the R peaks at the record's rate."""
+    """The beats of one record, row-aligned; ``samples`` are the R peaks at the record's rate,
+    ``rr`` has one column per :data:`RR_COLUMNS` entry."""
 
     record: str
     signals: NDArray[np.float32]
@@ -71,6 +122,11 @@ def aami_labels(symbols: NDArray[np.str_]) -> NDArray[np.int64]:
     return table[inverse.reshape(-1)]
 
 
+def rr_column_indices(selection: RRFeatures) -> list[int]:
+    """Positions in :data:`RR_COLUMNS` of the columns ``model.rr_features`` selects."""
+    return [RR_COLUMNS.index(name) for name in RR_SELECTIONS[selection]]
+
+
 def segment_record(
     record: str, lead: Lead, annotations: Annotations, config: DataConfig
 ) -> RecordBeats:
@@ -81,24 +137,90 @@ def segment_record(
     if samples.size < 2:
         raise DataError(f"record {record}: fewer than two beat annotations, no RR interval")
     signal = resample_poly(lead.signal, config.target_hz, round(lead.fs), padtype="line")
+    signal = remove_baseline(signal, config)
     peaks = np.minimum(np.rint(samples * config.target_hz / lead.fs), signal.size - 1)
     peaks = peaks.astype(np.int64)
-    window = round(config.window_seconds * config.target_hz)
-    windows = peaks // window
     rr = np.diff(samples) / lead.fs
-    median_rr = window_median_rr(rr, windows, n_windows=-(-signal.size // window))
-    spans = np.rint(config.beat_span * median_rr[windows] * config.target_hz).astype(np.int64)
-    low, high = window_extremes(signal, window)
-    beats = cut_beats(signal, peaks, spans, low[windows], high[windows], config.beat_length)
+    starts, spans = beat_extents(signal.size, peaks, rr, config)
+    values, inside = read_beats(signal, starts, spans, config.beat_length)
+    flat_std = FLAT_FRACTION * float(np.abs(lead.signal).max())
+    normalised = normalise_beats(values, inside, signal, peaks, config, flat_std)
+    beats = np.where(inside, normalised, 0.0)
     keep = slice(0, config.max_beats_per_record)
     return RecordBeats(
         record=record,
-        signals=beats[keep],
+        signals=beats.astype(np.float32)[keep],
         labels=labels[is_beat][keep],
-        rr=neighbour_rr(rr)[keep],
+        rr=rr_features(rr, config.rr_local_beats)[keep],
         samples=samples[keep],
         symbols=annotations.symbols[is_beat][keep],
     )
+
+
+def remove_baseline(signal: NDArray[np.float64], config: DataConfig) -> NDArray[np.float64]:
+    """The signal without its baseline wander, as ``data.baseline`` asks (module docstring)."""
+    if config.baseline == "none":
+        return signal
+    if config.baseline == "median":
+        baseline = signal
+        for seconds in MEDIAN_SECONDS:
+            size = 2 * round(seconds * config.target_hz / 2) + 1
+            baseline = median_filter(baseline, size=size, mode="nearest")
+        filtered: NDArray[np.float64] = signal - baseline
+        return filtered
+    sos = butter(HIGHPASS_ORDER, HIGHPASS_HZ, "highpass", fs=config.target_hz, output="sos")
+    high: NDArray[np.float64] = sosfiltfilt(sos, signal)
+    return high
+
+
+def beat_extents(
+    n_samples: int, peaks: NDArray[np.int64], rr: NDArray[np.float64], config: DataConfig
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """First sample of each beat and how many samples of signal it holds (``data.window``)."""
+    if config.window == "centered":
+        pre = round(config.pre_r_seconds * config.target_hz)
+        return peaks - pre, np.full(peaks.size, config.beat_length, dtype=np.int64)
+    window = round(config.window_seconds * config.target_hz)
+    windows = peaks // window
+    median_rr = window_median_rr(rr, windows, n_windows=-(-n_samples // window))
+    spans = np.rint(config.beat_span * median_rr[windows] * config.target_hz).astype(np.int64)
+    return peaks, spans
+
+
+def read_beats(
+    signal: NDArray[np.float64], starts: NDArray[np.int64], spans: NDArray[np.int64], length: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """``signal[start : start + length]`` of every beat, and which samples are the beat's:
+    within its span and inside the record (the others read an edge sample, to be zeroed)."""
+    offsets = np.arange(length)
+    index = starts[:, None] + offsets[None, :]
+    inside = (offsets[None, :] < spans[:, None]) & (index >= 0) & (index < signal.size)
+    return signal[np.clip(index, 0, signal.size - 1)], inside
+
+
+def normalise_beats(
+    values: NDArray[np.float64],
+    inside: NDArray[np.bool_],
+    signal: NDArray[np.float64],
+    peaks: NDArray[np.int64],
+    config: DataConfig,
+    flat_std: float,
+) -> NDArray[np.float64]:
+    """The beats' amplitudes as ``data.normalise`` asks (module docstring); a z-score with a
+    standard deviation below ``flat_std`` is zeros."""
+    window = round(config.window_seconds * config.target_hz)
+    if config.normalise == "window_minmax":
+        low, high = window_extremes(signal, window)
+        windows = peaks // window
+        scale = np.where(high > low, high - low, 1.0)[windows]
+        return np.clip((values - low[windows, None]) / scale[:, None], 0.0, 1.0)
+    if config.normalise == "beat_zscore":
+        mean, std = masked_mean_std(values, inside)
+    else:
+        mean, std = centred_window_mean_std(signal, peaks, window)
+    flat = std < flat_std
+    scaled = (values - mean[:, None]) / np.where(flat, 1.0, std)[:, None]
+    return np.where(flat[:, None], 0.0, scaled)
 
 
 def window_extremes(
@@ -107,6 +229,33 @@ def window_extremes(
     """Minimum and maximum of each consecutive window (the last may be shorter)."""
     starts = np.arange(0, signal.size, window)
     return np.minimum.reduceat(signal, starts), np.maximum.reduceat(signal, starts)
+
+
+def masked_mean_std(
+    values: NDArray[np.float64], inside: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and standard deviation of each row over its ``inside`` samples."""
+    count = np.maximum(inside.sum(axis=1), 1)
+    mean = np.where(inside, values, 0.0).sum(axis=1) / count
+    centred = np.where(inside, values - mean[:, None], 0.0)
+    return mean, np.sqrt((centred**2).sum(axis=1) / count)
+
+
+def centred_window_mean_std(
+    signal: NDArray[np.float64], peaks: NDArray[np.int64], window: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Mean and standard deviation of the ``window`` samples centred on each peak (cut at the
+    record's ends), from running sums: no loop, whatever the window."""
+    offset = signal.mean()
+    centred = signal - offset
+    sums = np.concatenate([[0.0], np.cumsum(centred)])
+    squares = np.concatenate([[0.0], np.cumsum(centred**2)])
+    low = np.maximum(peaks - window // 2, 0)
+    high = np.minimum(peaks - window // 2 + window, signal.size)
+    count = high - low
+    mean = (sums[high] - sums[low]) / count
+    variance = (squares[high] - squares[low]) / count - mean**2
+    return mean + offset, np.sqrt(np.maximum(variance, 0.0))
 
 
 def window_median_rr(
@@ -128,26 +277,29 @@ def window_median_rr(
     return medians
 
 
-def cut_beats(
-    signal: NDArray[np.float64],
-    peaks: NDArray[np.int64],
-    spans: NDArray[np.int64],
-    low: NDArray[np.float64],
-    high: NDArray[np.float64],
-    beat_length: int,
-) -> NDArray[np.float32]:
-    """All beats at once: ``signal[peak : peak + span]`` normalised with the beat's window
-    ``low``/``high``, clipped to [0, 1], zero past the span or the record end."""
-    offsets = np.arange(beat_length)
-    index = peaks[:, None] + offsets[None, :]
-    inside = (offsets[None, :] < spans[:, None]) & (index < signal.size)
-    scale = np.where(high > low, high - low, 1.0)
-    values = (signal[np.minimum(index, signal.size - 1)] - low[:, None]) / scale[:, None]
-    return np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32)
-
-
-def neighbour_rr(rr: NDArray[np.float64]) -> NDArray[np.float32]:
-    """(previous, next) RR of each beat; the ends borrow their only neighbour's interval."""
+def rr_features(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float32]:
+    """The :data:`RR_COLUMNS` of every beat from the record's RR intervals (module docstring)."""
     previous = np.concatenate([rr[:1], rr])
     following = np.concatenate([rr, rr[-1:]])
-    return np.stack([previous, following], axis=1).astype(np.float32)
+    record_mean = rr.mean()
+    local = local_mean_rr(rr, local_beats)
+    columns = (
+        previous,
+        following,
+        previous / record_mean,
+        following / record_mean,
+        previous / local,
+        following / local,
+        local / record_mean,
+    )
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def local_mean_rr(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float64]:
+    """Per beat, the mean of the last ``local_beats`` intervals up to and including its
+    previous one (fewer for the first beats; the first beat has none and takes its next)."""
+    sums = np.concatenate([[0.0], np.cumsum(rr)])
+    ends = np.maximum(np.arange(rr.size + 1), 1)
+    starts = np.maximum(ends - local_beats, 0)
+    mean: NDArray[np.float64] = (sums[ends] - sums[starts]) / (ends - starts)
+    return mean

@@ -14,18 +14,19 @@ from time import perf_counter
 from typing import Any
 
 import numpy as np
-from rich.console import Console
+from rich.progress import Progress
 
 from ecgtune.config import AAMI_CLASSES, Config, DataConfig
-from ecgtune.console.data import build_progress, download_progress
-from ecgtune.data.beats import RecordBeats, aami_labels, segment_record
+from ecgtune.data.beats import RR_COLUMNS, RecordBeats, aami_labels, segment_record
 from ecgtune.data.cache import cache_key, cache_path, load_dataset_file, save_dataset
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.kaggle import BeatFile, class_names_for, file_digests, read_beat_file
-from ecgtune.data.physionet import ensure_records, mitdb_record_names
-from ecgtune.data.records import MITDB_LEADS, read_annotations, read_lead
+from ecgtune.data.physionet import ensure_records
+from ecgtune.data.progress import DataProgress
+from ecgtune.data.records import read_annotations, read_lead
 from ecgtune.data.splits import DS1, DS2, SplitIndex, carve_given_test, inter_split, intra_split
 from ecgtune.errors import ConfigError
+from ecgtune.mitdb import mitdb_record_names
 
 INTER_EXCLUDED = "not in de Chazal DS1/DS2 (paced record; data.split = 'inter')"
 
@@ -40,18 +41,19 @@ class Inputs:
     digests: dict[str, str]
 
 
-def load_dataset(config: Config, console: Console | None = None) -> Dataset:
-    """The dataset of ``config`` (progress bars on ``console``; silent without one)."""
+def load_dataset(config: Config, progress: DataProgress | None = None) -> Dataset:
+    """The dataset of ``config`` (reporting on ``progress``; silent without it)."""
     start = perf_counter()
-    inputs = prepare_inputs(config, console)
+    progress = progress or DataProgress()
+    inputs = prepare_inputs(config, progress.download)
     path = cache_path(config, cache_key(config, inputs.records, inputs.digests))
     cached = load_dataset_file(path)
     if cached is not None:
         return _with_info(cached, from_cache=True, load_seconds=perf_counter() - start)
     if config.data.source == "mitdb":
-        dataset = build_mitdb(config, inputs, console)
+        dataset = build_mitdb(config, inputs, progress.build)
     else:
-        dataset = build_kaggle(config, console)
+        dataset = build_kaggle(config, progress.build)
     dataset = _with_info(
         dataset, build_seconds=perf_counter() - start, from_cache=False, cache_file=str(path)
     )
@@ -63,16 +65,13 @@ def _with_info(dataset: Dataset, **info: Any) -> Dataset:
     return replace(dataset, info={**dataset.info, **info})
 
 
-def prepare_inputs(config: Config, console: Console | None) -> Inputs:
+def prepare_inputs(config: Config, download: Progress) -> Inputs:
     """Check the config against the inputs; download and verify records, hash Kaggle files."""
     data = config.data
     if data.source == "mitdb":
         records, excluded = resolve_records(data)
-        digests = ensure_records(data.raw_dir, data.base_url, records, download_progress(console))
+        digests = ensure_records(data.raw_dir, data.base_url, records, download)
         return Inputs(records, excluded, digests)
-    if data.split == "inter" or data.records is not None:
-        key = "data.split = 'inter'" if data.split == "inter" else "data.records"
-        raise ConfigError(f"{key} needs data.source = 'mitdb' (Kaggle files have no records)")
     roles = {"data.train_files": data.train_files, "data.test_files": data.test_files}
     digests = {
         f"{key}[{i}]": digest
@@ -83,16 +82,9 @@ def prepare_inputs(config: Config, console: Console | None) -> Inputs:
 
 
 def resolve_records(data: DataConfig) -> tuple[list[str], dict[str, str]]:
-    """``data.records`` checked against the database (all 48 when not given), sorted; for the
+    """``data.records`` (all 48 when not given; the schema checked the names), sorted; for the
     inter split, records outside DS1/DS2 (the paced ones) are left out, with the reason."""
-    valid = mitdb_record_names()
-    if data.lead not in MITDB_LEADS:
-        raise ConfigError(f"data.lead = {data.lead!r}: mitdb leads are {', '.join(MITDB_LEADS)}")
-    requested = list(valid) if data.records is None else data.records
-    unknown = [name for name in requested if name not in valid]
-    if unknown or not requested:
-        problem = f"unknown records {unknown}" if unknown else "empty list"
-        raise ConfigError(f"data.records: {problem}; valid names: {', '.join(valid)}")
+    requested = mitdb_record_names() if data.records is None else data.records
     records = sorted(set(requested))
     if data.split == "intra":
         return records, {}
@@ -100,14 +92,14 @@ def resolve_records(data: DataConfig) -> tuple[list[str], dict[str, str]]:
     return [name for name in records if name not in excluded], excluded
 
 
-def build_mitdb(config: Config, inputs: Inputs, console: Console | None) -> Dataset:
+def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
     """Beats of every record, then the intra or inter split."""
     data = config.data
     parts: list[RecordBeats] = []
     dropped: Counter[str] = Counter()
     skipped, substituted = dict(inputs.excluded), {}
-    with build_progress(console) as progress:
-        for record in progress.track(inputs.records, description="beats"):
+    with progress:
+        for record in progress.track(inputs.records, description="records"):
             annotations = read_annotations(data.raw_dir, record)
             n_beats = int(np.count_nonzero(aami_labels(annotations.symbols) >= 0))
             lead = read_lead(data.raw_dir, record, data)
@@ -149,10 +141,10 @@ def pool_record_beats(parts: list[RecordBeats]) -> BeatSet:
     )
 
 
-def build_kaggle(config: Config, console: Console | None) -> Dataset:
+def build_kaggle(config: Config, progress: Progress) -> Dataset:
     """Beats of the train (and test) files; validation (and test) carved out of train."""
     data = config.data
-    with build_progress(console) as progress:
+    with progress:
         paths = [*data.train_files, *data.test_files]
         files = [read_beat_file(path, data) for path in progress.track(paths, description="files")]
     train_files, test_files = files[: len(data.train_files)], files[len(data.train_files) :]
@@ -169,12 +161,13 @@ def build_kaggle(config: Config, console: Console | None) -> Dataset:
 
 
 def pool_files(files: list[BeatFile]) -> BeatSet:
-    """The beats of several files, each beat's ``records`` entry being its file name."""
+    """The beats of several files, each beat's ``records`` entry being its file name; the
+    files have no RR intervals, so every RR feature is zero."""
     labels = np.concatenate([file.labels for file in files])
     return BeatSet(
         signals=np.concatenate([file.signals for file in files]),
         labels=labels,
-        rr=np.zeros((labels.size, 2), dtype=np.float32),
+        rr=np.zeros((labels.size, len(RR_COLUMNS)), dtype=np.float32),
         records=np.concatenate([np.full(file.labels.size, file.path.name) for file in files]),
     )
 

@@ -13,9 +13,10 @@ from numpy.typing import NDArray
 class BeatSet:
     """Beats of one split, row-aligned arrays.
 
-    ``signals`` are float32 (n, beat_length) in [0, 1]; ``labels`` int64 class indices;
-    ``rr`` float32 (n, 2): RR interval before and after the beat in seconds (zeros where the
-    source has none, e.g. Kaggle files); ``records`` the source record of each beat (for
+    ``signals`` are float32 (n, beat_length), one lead (``DataConfig.input_channels``),
+    normalised as ``data.normalise`` says; ``labels`` int64 class indices; ``rr`` float32
+    (n, len(RR_COLUMNS)): the RR features of :data:`ecgtune.data.beats.RR_COLUMNS` (zeros where
+    the source has none, e.g. Kaggle files); ``records`` the source record of each beat (for
     inter-patient splits; the file name for Kaggle files).
     """
 
@@ -51,4 +52,4 @@ class Dataset:
 
     @property
     def beat_length(self) -> int:
-        return int(self.train.signals.shape[1])
+        return int(self.train.signals.shape[-1])

@@ -6,10 +6,12 @@
 * Parquet (``heart_big_train.parq``, ``heart_train.parq``, ...): the signal columns and a
   ``target`` column (without one, the last column is the label).
 
-Labels must be whole numbers 0..K-1. K is ``len(data.class_names)`` when given, else the
-largest label + 1; default class names are N, S, V, F, Q for K = 5, normal/abnormal for K = 2
-(the PTB task: 0 = normal, 1 = abnormal) and "0".."K-1" otherwise. Every problem is a
-:class:`DataError` naming the file and its 1-based row (the CSV line) and column.
+Labels must be whole numbers 0..K-1, K at most ``MAX_CLASSES`` (256): a label such as 1e9 is a
+broken row, reported as one, not a class count to size arrays by. K is
+``len(data.class_names)`` when given, else the largest label + 1; default class names are N,
+S, V, F, Q for K = 5, normal/abnormal for K = 2 (the PTB task: 0 = normal, 1 = abnormal) and
+"0".."K-1" otherwise. Every problem is a :class:`DataError` naming the file and its 1-based
+row (the CSV line) and column.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from ecgtune.config import AAMI_CLASSES, DataConfig
+from ecgtune.config import AAMI_CLASSES, MAX_CLASSES, DataConfig
 from ecgtune.data.physionet import sha256_of
 from ecgtune.errors import DataError
 
@@ -117,11 +119,12 @@ def numeric_matrix(frame: pd.DataFrame, path: Path) -> NDArray[np.float64]:
 
 
 def whole_labels(values: NDArray[np.float64], path: Path) -> NDArray[np.int64]:
-    """Labels as class indices; a negative or fractional label is named by row."""
-    bad = np.flatnonzero((values < 0) | (values != np.round(values)))
+    """Labels as class indices; a negative, fractional or too large label is named by row."""
+    bad = np.flatnonzero((values < 0) | (values >= MAX_CLASSES) | (values != np.round(values)))
     if bad.size:
         raise DataError(
-            f"{path}: row {bad[0] + 1}: label {values[bad[0]]:g} is not a class index 0, 1, 2, ..."
+            f"{path}: row {bad[0] + 1}: label {values[bad[0]]:g} is not a class index "
+            f"0, 1, ..., {MAX_CLASSES - 1}"
         )
     return values.astype(np.int64)
 

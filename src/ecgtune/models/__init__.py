@@ -1,7 +1,8 @@
 """Networks built from the ``[model]`` section: ``build_model(config, n_classes)``.
 
-Every model maps ``signals (batch, 1, beat_length)`` and, with ``model.rr_features``, the
-beats' RR intervals ``rr (batch, 2)`` to logits ``(batch, n_classes)``.
+Every model maps ``signals (batch, channels, beat_length)`` (``channels`` from
+``DataConfig.input_channels``) and, with ``model.rr_features``, the beats' RR features
+``rr (batch, len(RR_COLUMNS))`` (it selects its columns) to logits ``(batch, n_classes)``.
 """
 
 from __future__ import annotations
@@ -23,4 +24,4 @@ def build_model(config: Config, n_classes: int) -> BeatClassifier:
     if n_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got n_classes = {n_classes}")
     builder = build_cnn if config.model.kind == "cnn" else build_rnn
-    return builder(config.model, n_classes)
+    return builder(config.model, n_classes, config.data.input_channels)

@@ -14,7 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ecgtune.config import Activation
+from ecgtune.config import Activation, RRFeatures
+from ecgtune.data.beats import RR_COLUMNS, rr_column_indices
 
 GlobalPoolName = Literal["avg", "max", "avgmax", "adaptive"]
 
@@ -257,38 +258,58 @@ def classifier_head(
     return nn.Sequential(OrderedDict(layers))
 
 
-RR_FEATURES = 2
-"""RR intervals per beat fed to the head: previous and next, in seconds."""
+def rr_width(rr_features: RRFeatures) -> int:
+    """RR features the head takes besides the encoder's output for ``model.rr_features``."""
+    return len(rr_column_indices(rr_features))
 
 
 class BeatClassifier(nn.Module):
-    """Encoder (beat to feature vector), optional RR intervals appended, then the head.
+    """Encoder (beat to feature vector), the selected RR features appended, then the head.
 
-    ``forward(signals (batch, 1, length), rr (batch, 2) | None) -> logits (batch, classes)``.
-    ``rr`` is required when the model was built with RR features and ignored otherwise, so a
-    trainer can always pass it.
+    ``forward(signals (batch, channels, length), rr (batch, len(RR_COLUMNS)) | None) -> logits
+    (batch, classes)``. ``rr`` holds every RR column the data layer computes; the model takes
+    the ones ``model.rr_features`` selects (``rr_index``, a buffer outside the state dict: it
+    follows from the config). ``rr`` is required when the selection is not empty and ignored
+    otherwise, so a trainer can always pass it.
     """
 
-    def __init__(self, encoder: nn.Sequential, head: nn.Sequential, rr_features: bool) -> None:
+    rr_index: Tensor
+
+    def __init__(
+        self,
+        encoder: nn.Sequential,
+        head: nn.Sequential,
+        in_channels: int,
+        rr_features: RRFeatures,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.in_channels = in_channels
         self.rr_features = rr_features
+        index = torch.tensor(rr_column_indices(rr_features), dtype=torch.long)
+        self.register_buffer("rr_index", index, persistent=False)
 
     def forward(self, signals: Tensor, rr: Tensor | None = None) -> Tensor:
-        if signals.dim() != 3 or signals.shape[1] != 1:
-            raise ValueError(f"signals must be (batch, 1, length), got {tuple(signals.shape)}")
+        if signals.dim() != 3 or signals.shape[1] != self.in_channels:
+            raise ValueError(
+                f"signals must be (batch, {self.in_channels}, length), "
+                f"got {tuple(signals.shape)}"
+            )
         features = self.encoder(signals)
-        if self.rr_features:
-            features = torch.cat([features, self._checked_rr(rr, features)], dim=1)
+        if self.rr_index.numel():
+            features = torch.cat([features, self._selected_rr(rr, features)], dim=1)
         logits: Tensor = self.head(features)
         return logits
 
-    @staticmethod
-    def _checked_rr(rr: Tensor | None, features: Tensor) -> Tensor:
+    def _selected_rr(self, rr: Tensor | None, features: Tensor) -> Tensor:
+        width = len(RR_COLUMNS)
         if rr is None:
-            raise ValueError("model.rr_features = true: forward needs rr, shape (batch, 2)")
-        expected = (features.shape[0], RR_FEATURES)
+            raise ValueError(
+                f"model.rr_features = {self.rr_features!r}: forward needs rr, "
+                f"shape (batch, {width})"
+            )
+        expected = (features.shape[0], width)
         if tuple(rr.shape) != expected:
-            raise ValueError(f"rr must be (batch, 2) = {expected}, got {tuple(rr.shape)}")
-        return rr.to(features.dtype)
+            raise ValueError(f"rr must be (batch, {width}) = {expected}, got {tuple(rr.shape)}")
+        return rr.index_select(1, self.rr_index).to(features.dtype)

@@ -12,7 +12,6 @@ from torch import nn
 
 from ecgtune.config import ModelConfig
 from ecgtune.models.blocks import (
-    RR_FEATURES,
     BeatClassifier,
     ConvNormAct,
     ConvStage,
@@ -21,6 +20,7 @@ from ecgtune.models.blocks import (
     TemporalSelfAttention,
     classifier_head,
     residual_block,
+    rr_width,
     stage_pool,
 )
 
@@ -49,7 +49,7 @@ def conv_stage(model: ModelConfig, index: int, in_channels: int) -> ConvStage:
     return ConvStage(OrderedDict(layers))
 
 
-def conv_features(model: ModelConfig, in_channels: int = 1) -> tuple[NamedLayers, int]:
+def conv_features(model: ModelConfig, in_channels: int) -> tuple[NamedLayers, int]:
     """The conv stages, then temporal self-attention if ``model.attention``; and the number
     of channels they output."""
     layers: NamedLayers = []
@@ -62,24 +62,25 @@ def conv_features(model: ModelConfig, in_channels: int = 1) -> tuple[NamedLayers
     return layers, channels
 
 
-def build_cnn(model: ModelConfig, n_classes: int) -> BeatClassifier:
+def build_cnn(model: ModelConfig, n_classes: int, in_channels: int) -> BeatClassifier:
     """Conv features, global pooling to a vector, then the fully connected head."""
-    layers, channels = conv_features(model)
+    layers, channels = conv_features(model, in_channels)
     pool = GlobalPool1d(model.global_pool, model.adaptive_length)
     layers.append(("pool", pool))
-    return assemble_classifier(layers, pool.out_features(channels), model, n_classes)
+    return assemble_classifier(layers, pool.out_features(channels), model, n_classes, in_channels)
 
 
 def assemble_classifier(
-    encoder: NamedLayers, features: int, model: ModelConfig, n_classes: int
+    encoder: NamedLayers, features: int, model: ModelConfig, n_classes: int, in_channels: int
 ) -> BeatClassifier:
     """The encoder layers (ending in ``features`` per beat) joined to the head; the RR
-    intervals, if ``model.rr_features``, widen the head's input."""
+    features ``model.rr_features`` selects widen the head's input."""
     head = classifier_head(
-        features + (RR_FEATURES if model.rr_features else 0),
+        features + rr_width(model.rr_features),
         model.fc_sizes,
         model.activation,
         model.dropout,
         n_classes,
     )
-    return BeatClassifier(nn.Sequential(OrderedDict(encoder)), head, model.rr_features)
+    encoder_module = nn.Sequential(OrderedDict(encoder))
+    return BeatClassifier(encoder_module, head, in_channels, model.rr_features)

@@ -11,13 +11,13 @@ from ecgtune.models.blocks import AttentionPool1d, BeatClassifier, GlobalPool1d,
 from ecgtune.models.cnn import NamedLayers, assemble_classifier, conv_features
 
 
-def build_rnn(model: ModelConfig, n_classes: int) -> BeatClassifier:
+def build_rnn(model: ModelConfig, n_classes: int, in_channels: int) -> BeatClassifier:
     """``conv_frontend`` runs the CNN's conv stages first, shortening the sequence by their
     pooling; without it the recurrent layers read the raw samples."""
     layers: NamedLayers = []
-    channels = 1
+    channels = in_channels
     if model.conv_frontend:
-        layers, channels = conv_features(model)
+        layers, channels = conv_features(model, in_channels)
     recurrent = Recurrent(
         model.rnn_cell,
         channels,
@@ -32,4 +32,4 @@ def build_rnn(model: ModelConfig, n_classes: int) -> BeatClassifier:
         else GlobalPool1d("avg")
     )
     layers += [("rnn", recurrent), ("readout", readout)]
-    return assemble_classifier(layers, recurrent.out_channels, model, n_classes)
+    return assemble_classifier(layers, recurrent.out_channels, model, n_classes, in_channels)

@@ -16,7 +16,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from ecgtune.config import Config
-from ecgtune.models.blocks import RR_FEATURES
+from ecgtune.data.beats import RR_COLUMNS
 
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 ForwardHook = Callable[[nn.Module, Any, Any], None]
@@ -33,7 +33,8 @@ def model_summary(model: nn.Module, config: Config) -> Table:
     table.add_column("type")
     table.add_column("output shape", justify="right")
     table.add_column("parameters", justify="right")
-    table.add_row("input", "", _format_shape((1, config.data.beat_length)), "")
+    input_shape = (config.data.input_channels, config.data.beat_length)
+    table.add_row("input", "", _format_shape(input_shape), "")
     for name, kind, shape, params in rows:
         table.add_row(name, kind, _format_shape(shape), f"{params:,}")
     table.add_section()
@@ -75,10 +76,11 @@ def _block_shapes_and_params(
 
 def _dummy_inputs(model: nn.Module, config: Config) -> tuple[Tensor, ...]:
     device = next(model.parameters()).device
-    signals = torch.zeros(DUMMY_BATCH, 1, config.data.beat_length, device=device)
-    if not config.model.rr_features:
+    shape = (DUMMY_BATCH, config.data.input_channels, config.data.beat_length)
+    signals = torch.zeros(shape, device=device)
+    if config.model.rr_features == "none":
         return (signals,)
-    return signals, torch.zeros(DUMMY_BATCH, RR_FEATURES, device=device)
+    return signals, torch.zeros(DUMMY_BATCH, len(RR_COLUMNS), device=device)
 
 
 def _shape_recorder(name: str, shapes: dict[str, tuple[int, ...]]) -> ForwardHook:

@@ -1,36 +1,51 @@
-"""MLflow: one parent run per search, one nested child run per trial.
+"""MLflow: one parent run per search with one nested child run per trial, and one run per
+``train``, laid out to be read in ``mlflow ui``.
 
-The parent run carries the search settings, then the best trial's figures, its config, the
-report, the confusion matrix and the model. Each child run carries every resolved config key
-of its trial (flattened: ``model.kernel_sizes``), the per-epoch curves (same names as in
-TensorBoard: ``train/loss``, ``valid/macro_f1`` ... at step = epoch), the best epoch's
-validation figures, the resampled train counts, a tag linking its TensorBoard directory, and
-ends FINISHED, or FAILED with the reason in the ``ecgtune.failure`` tag.
+The experiment is tagged as a model-training experiment (MLflow 3 opens it on its runs, not on
+the GenAI overview). A trial's run (and a training's) has short params: the searched keys and
+the few that define it (model kind and depth, loss, lr, batch size, resampling; keys that do
+not apply to its model kind are left out), its full resolved config as the artifact
+``config.toml``, the searched keys in the tag ``ecgtune.searched_keys``, the per-epoch curves
+(``train/loss``, ``valid/macro_f1`` ... at step = epoch, the names TensorBoard uses), the best
+epoch's figures under ``best_epoch/``, the train split's class counts as ``train_counts/``
+metrics, and a link to its TensorBoard folder. It ends FINISHED, or FAILED/KILLED with the
+reason in the tag ``ecgtune.failure``. The parent has the search settings as params, the space
+as the artifact ``search_space.toml``, the best trial's validation figures under
+``best_trial/`` and the test figures under ``test/``, and the best trial's name and run id as
+tags and as a link in its description.
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent "active
-run" state), so a resumed search can reopen its parent run by id. ``mlflow ui`` in the folder
-holding ``mlflow.db`` (the default ``sqlite:///mlflow.db``) shows the runs; a remote tracking
-server (``http://host:5000``) works the same and is probed before the search starts.
+run" state), so a resumed search can reopen its parent run by id. Every call is bounded: over
+HTTP each request gives up after ``HTTP_TIMEOUT_SECONDS`` and ``HTTP_RETRIES`` quick retries
+(MLflow's defaults retry for minutes), and any failure becomes one :class:`TrackingError`
+line, so a lost server ends a search within a minute with every finished trial saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 
-from ecgtune.errors import UserError
-from ecgtune.tracking.tensorboard import epoch_scalars
-from ecgtune.training import EpochRecord, TrainingObserver
+from ecgtune.config import Config, config_toml
+from ecgtune.dotted import flatten
+from ecgtune.errors import TrackingError
+from ecgtune.search.trials import TrialObserver, TrialOutcome, TrialStart
+from ecgtune.tracking.tensorboard import epoch_scalars, trial_tensorboard_dir
+from ecgtune.training import EpochRecord, TrainingObserver, TrainResult
 
-PROBE_TIMEOUT_SECONDS = 5
-"""How long the start-up probe waits for a remote tracking server before refusing to start."""
+HTTP_TIMEOUT_SECONDS = 10
+"""How long one request to a remote tracking server may take."""
+HTTP_RETRIES = 2
+"""Quick retries (1 s, then 2 s apart) of a failed request before the search gives up."""
 BATCH_LIMIT = 100
 """MLflow's limit on params (and tags) per ``log_batch`` call."""
 TAG_LIMIT = 5000
@@ -39,48 +54,129 @@ PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "ecgtune.failure"
 TRIAL_TAG = "ecgtune.trial"
 TENSORBOARD_TAG = "ecgtune.tensorboard_dir"
+OVERRIDES_TAG = "ecgtune.overrides"
+SEARCHED_TAG = "ecgtune.searched_keys"
+BEST_TRIAL_TAG = "ecgtune.best_trial"
+BEST_RUN_TAG = "ecgtune.best_trial_run_id"
+NOTE_TAG = "mlflow.note.content"
+"""The run's description in the UI (markdown)."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+"""MLflow 3's experiment kind for model training: the UI opens on the runs table."""
+DEFINING_KEYS = (
+    "model.kind",
+    "model.conv_layers",
+    "model.hidden_size",
+    "training.loss",
+    "training.lr",
+    "training.batch_size",
+    "data.resample.method",
+)
+"""Logged as params for every run besides the searched keys: what a reader of the runs table
+needs to tell two runs apart."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class SearchTracker:
-    """The MLflow side of one search, bound to one tracking URI and experiment."""
+def bounded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn any failure of a tracking call into one :class:`TrackingError` line."""
+
+    @wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        tracker = args[0]
+        assert isinstance(tracker, MlflowTracker)
+        with _store_errors(tracker.uri):
+            return method(*args, **kwargs)
+
+    return call
+
+
+class MlflowTracker:
+    """The MLflow side of a search or a training, bound to one tracking URI and experiment."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        """Connect and find (or create) the experiment; an unreachable store is a UserError
-        now rather than a failure hours into the search."""
+        """Connect and find (or create) the experiment; an unreachable store is refused now
+        rather than hours into the search."""
         self.uri = uri
+        bound_http_requests()
         self.client = MlflowClient(tracking_uri=uri)
-        with _quick_requests(), _store_errors(uri):
+        with _store_errors(uri):
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 found.experiment_id if found else self.client.create_experiment(experiment)
             )
+            if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+                self.client.set_experiment_tag(
+                    self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+                )
 
-    def start_parent(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> str:
-        """A new parent run for a new search; returns its id."""
-        run = self.client.create_run(self.experiment_id, run_name=name)
-        self._log(run.info.run_id, params=params, tags=tags)
+    @bounded
+    def start_run(
+        self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
+    ) -> str:
+        """A new RUNNING run (a search's parent, a trial with a parent tag, a training)."""
+        texts = {key: _text(value) for key, value in (tags or {}).items()}
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=texts)
+        self._log(run.info.run_id, params=params)
         return str(run.info.run_id)
 
-    def resume_parent(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        """Reopen a saved search's parent run (RUNNING again) and update its settings tags."""
-        with _store_errors(self.uri):
-            run = self.client.get_run(run_id)
+    @bounded
+    def resume_parent(self, run_id: str, settings: Mapping[str, Any]) -> None:
+        """Reopen a saved search's parent run (RUNNING again). Params are written once: a
+        setting changed for this run (``--max-evals 40``) is recorded as the tag
+        ``resumed/<key>``."""
+        run = self.client.get_run(run_id)
         if run.info.lifecycle_stage != "active":
-            raise UserError(
+            raise TrackingError(
                 f"the saved search's MLflow run {run_id} was deleted from {self.uri}; "
                 f"restore it or start over with --fresh"
             )
         self.client.update_run(run_id, status="RUNNING")
-        self._log(run_id, tags=tags)
+        logged = run.data.params
+        changed = {
+            f"resumed/{key}": value
+            for key, value in settings.items()
+            if key in logged and logged[key] != _text(value)
+        }
+        new = {key: value for key, value in settings.items() if key not in logged}
+        self._log(run_id, params=new, tags=changed)
 
-    def close_orphans(self, parent_id: str, kept_run_ids: set[str]) -> list[str]:
-        """Mark KILLED the child runs that no saved trial refers to: runs of trials that were
-        in flight when the process was killed. Their trials run again as new child runs, so
-        no trial is counted twice. Returns the ids closed."""
+    @bounded
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        """A text artifact (a config, the search space) of the run."""
+        self.client.log_text(run_id, text, name)
+
+    @bounded
+    def mark_best_trial(self, parent_id: str, number: int) -> str | None:
+        """Tag the parent with the best trial's name and run id, and link it in the parent's
+        description, so the UI leads from the search to its best trial; returns the run id
+        (None when the trial's run is gone)."""
+        name = f"trial-{number:03d}"
+        best = [
+            run
+            for run in self.children(parent_id)
+            if run.data.tags.get(TRIAL_TAG) == str(number) and run.info.status == "FINISHED"
+        ]
+        tags = {BEST_TRIAL_TAG: name}
+        run_id = str(best[-1].info.run_id) if best else None
+        if run_id is not None:
+            link = f"#/experiments/{self.experiment_id}/runs/{run_id}"
+            tags |= {BEST_RUN_TAG: run_id, NOTE_TAG: f"Best trial: [{name}]({link})"}
+        self._log(parent_id, tags=tags)
+        return run_id
+
+    @bounded
+    def close_orphans(self, parent_id: str, finished_trials: set[int]) -> list[str]:
+        """Mark KILLED the child runs of trials that the saved search does not hold: trials in
+        flight when the process was killed. They run again as new child runs, so no trial is
+        counted twice. Returns the ids closed."""
         closed = []
         for run in self.children(parent_id):
             run_id = str(run.info.run_id)
-            if run_id in kept_run_ids or run.data.tags.get(FAILURE_TAG):
+            trial = run.data.tags.get(TRIAL_TAG)
+            finished = trial is not None and int(trial) in finished_trials
+            if finished or run.data.tags.get(FAILURE_TAG):
                 continue
             reason = "the search process ended during this trial; it was run again"
             self._log(run_id, tags={FAILURE_TAG: reason})
@@ -88,6 +184,7 @@ class SearchTracker:
             closed.append(run_id)
         return closed
 
+    @bounded
     def children(self, parent_id: str) -> list[Run]:
         """The parent's child runs, oldest first."""
         runs = self.client.search_runs(
@@ -98,22 +195,15 @@ class SearchTracker:
         )
         return list(runs)
 
-    def start_child(self, parent_id: str, trial: int, tensorboard_dir: Path) -> str:
-        """A RUNNING child run for one trial, linked to its parent and TensorBoard directory."""
-        tags = {
-            PARENT_TAG: parent_id,
-            TRIAL_TAG: str(trial),
-            TENSORBOARD_TAG: str(tensorboard_dir.resolve()),
-        }
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial:03d}", tags=tags)
-        return str(run.info.run_id)
-
+    @bounded
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         self._log(run_id, params=params)
 
+    @bounded
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         self._log(run_id, metrics=metrics, step=step)
 
+    @bounded
     def finish(
         self,
         run_id: str,
@@ -125,6 +215,13 @@ class SearchTracker:
         self._log(run_id, metrics=metrics or {}, tags={FAILURE_TAG: failure} if failure else {})
         self.client.set_terminated(run_id, status)
 
+    def end_early(self, run_id: str, reason: str, status: str) -> None:
+        """Close a run as its command ends early (FAILED or KILLED, with the reason); a second
+        failure here (the same lost server) must not hide the one that ended the command."""
+        with contextlib.suppress(Exception):
+            self.finish(run_id, failure=reason, status=status)
+
+    @bounded
     def log_artifacts(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path))
@@ -155,17 +252,79 @@ class SearchTracker:
 
 
 class MlflowEpochLogger(TrainingObserver):
-    """Logs every epoch's figures to a child run at step = epoch, as the trial trains, and
-    counts them (a failed trial reports how far it got)."""
+    """Logs every epoch's figures to a run at step = epoch, as it trains."""
 
-    def __init__(self, tracker: SearchTracker, run_id: str) -> None:
+    def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
         self.tracker = tracker
         self.run_id = run_id
-        self.logged = 0
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         self.tracker.log_metrics(self.run_id, epoch_scalars(record), step=record.epoch)
-        self.logged += 1
+
+
+class MlflowTrials(TrialObserver):
+    """One nested child run per trial under the search's parent run."""
+
+    def __init__(
+        self,
+        tracker: MlflowTracker,
+        parent_id: str,
+        tensorboard_root: Path,
+        searched: Sequence[str],
+    ) -> None:
+        self.tracker = tracker
+        self.parent_id = parent_id
+        self.tensorboard_root = tensorboard_root
+        self.searched = list(searched)
+        self.run_ids: dict[int, str] = {}
+
+    def trial_started(self, trial: TrialStart) -> TrainingObserver:
+        tensorboard_dir = trial_tensorboard_dir(self.tensorboard_root, trial.number)
+        tags = {
+            PARENT_TAG: self.parent_id,
+            TRIAL_TAG: str(trial.number),
+            TENSORBOARD_TAG: str(tensorboard_dir.resolve()),
+            SEARCHED_TAG: ", ".join(self.searched),
+        }
+        params = run_params(trial.config, self.searched)
+        run_id = self.tracker.start_run(f"trial-{trial.number:03d}", params, tags)
+        self.run_ids[trial.number] = run_id
+        self.tracker.log_text(run_id, config_toml(trial.config), "config.toml")
+        return MlflowEpochLogger(self.tracker, run_id)
+
+    def trial_ended(self, outcome: TrialOutcome) -> None:
+        run_id = self.run_ids.pop(outcome.row.number, None)
+        if run_id is None:  # the trial ended before its run was created
+            return
+        if outcome.result is None:
+            status = "KILLED" if outcome.row.status == "killed" else "FAILED"
+            self.tracker.finish(run_id, failure=outcome.row.note, status=status)
+            return
+        self.tracker.finish(run_id, result_metrics(outcome.result))
+
+
+def run_params(config: Config, searched: Sequence[str] = ()) -> dict[str, Any]:
+    """The searched keys and :data:`DEFINING_KEYS` of a run, those that apply to its model
+    (the full config goes with the run as ``config.toml``)."""
+    flat = flatten(config.model_dump(mode="json"))
+    keys = dict.fromkeys([*searched, *DEFINING_KEYS])
+    return {key: flat[key] for key in keys if key in flat and config.model.uses(key)}
+
+
+def result_metrics(result: TrainResult) -> dict[str, float]:
+    """A finished run's summary: the best epoch's validation figures (``best_epoch/``), the
+    epochs trained and the train split's beats per class (``train_counts/``)."""
+    best = {f"best_epoch/{name}": value for name, value in result.best_valid.items()}
+    counts = {f"train_counts/{name}": n for name, n in result.train_counts.items()}
+    return {**best, "best_epoch/epoch": result.best_epoch, "epochs": len(result.history), **counts}
+
+
+def bound_http_requests() -> None:
+    """Bound every request to a remote tracking server (a user's own settings win)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_SECONDS))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 
 def _text(value: Any) -> str:
@@ -173,35 +332,15 @@ def _text(value: Any) -> str:
 
 
 @contextmanager
-def _quick_requests() -> Iterator[None]:
-    """Make MLflow's HTTP client give up fast (no retries, short timeout) for the probe; its
-    defaults retry for minutes before reporting a dead server."""
-    quick = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_SECONDS),
-    }
-    saved = {key: os.environ.get(key) for key in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
 def _store_errors(uri: str) -> Iterator[None]:
-    """Any failure to reach the tracking store becomes one clear UserError line."""
+    """Any failure to reach the tracking store becomes one clear TrackingError line."""
     try:
         yield
-    except UserError:
+    except TrackingError:
         raise
     except Exception as exc:  # MLflow raises many kinds (HTTP, SQL, OS): all mean the same
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(
+        raise TrackingError(
             f"cannot use the MLflow tracking store tracking.mlflow_uri = {uri!r}: "
             f"{first_line[:300]} (start the server, or fix tracking.mlflow_uri)"
         ) from None

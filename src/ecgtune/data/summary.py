@@ -1,31 +1,13 @@
-"""``hypertune.py data``: build (or load) the dataset and report what is in it."""
+"""What a built dataset holds, as a plain mapping: beats per class per split, records, what was
+left out and why, and the timing (``hypertune.py data`` prints it as a table or JSON)."""
 
 from __future__ import annotations
 
-import json
-from time import perf_counter
 from typing import Any
 
-from ecgtune.config import Config
-from ecgtune.console import make_console
-from ecgtune.console.data import render_data_summary
-from ecgtune.data.build import load_dataset
 from ecgtune.data.dataset import Dataset
 
 SPLITS = ("train", "valid", "test")
-
-
-def data_command(config: Config, as_json: bool) -> int:
-    """Print beats per class per split as a table, or as JSON on stdout (``as_json``; nothing
-    else goes to stdout then). Progress bars go to stderr."""
-    start = perf_counter()
-    dataset = load_dataset(config, make_console(stderr=True))
-    summary = dataset_summary(dataset, seconds=perf_counter() - start)
-    if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
-        render_data_summary(summary, make_console())
-    return 0
 
 
 def dataset_summary(dataset: Dataset, seconds: float) -> dict[str, Any]:

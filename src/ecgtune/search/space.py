@@ -18,16 +18,14 @@ or lower bound): the schema cuts them away for the base trial anyway.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
-import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from hyperopt import hp
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ecgtune.config import (
     PER_LAYER_KEYS,
@@ -35,12 +33,17 @@ from ecgtune.config import (
     Distribution,
     describe_error,
     option_label,
+    schema_field,
+    union_members,
     validate_config,
 )
+from ecgtune.dotted import get_dotted, set_dotted
 from ecgtune.errors import ConfigError
 
 SEARCHABLE_PREFIXES = ("model.", "training.", "data.resample.")
 PER_STAGE_KEYS = tuple(f"model.{key}" for key in (*PER_LAYER_KEYS, "se_blocks", "residual"))
+UNSEARCHABLE_KEYS = ("training.objective", "training.device", "training.num_threads")
+"""Keys the search compares trials by (the objective) or that do not change a trial's result."""
 CONTINUOUS_KINDS = ("uniform", "loguniform", "normal")
 
 
@@ -67,8 +70,9 @@ class SearchSpace:
     reference: dict[str, Any]
 
     @property
-    def keys(self) -> list[str]:
-        """The searched config keys, in the order of the config, each once."""
+    def searched_keys(self) -> list[str]:
+        """The searched config keys, in the order of the space, each once (a key opened by
+        several options of a choice too)."""
         return list(dict.fromkeys(entry.key for entry in self.entries))
 
     def trial_config(self, sample: dict[str, Any]) -> Config:
@@ -130,21 +134,6 @@ def flatten_sample(sample: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def get_dotted(raw: dict[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    *sections, leaf = key.split(".")
-    node = raw
-    for part in sections:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-
-
 def _as_plain(value: Any) -> Any:
     """Tuples to lists and numpy scalars to Python numbers, so values dump to TOML and JSON."""
     if isinstance(value, list | tuple):
@@ -185,6 +174,11 @@ def _check_key(entry: SpaceEntry) -> None:
             f"{_where(entry)}: only model.*, training.* and data.resample.* keys can be "
             f"searched (the dataset is built once and shared by every trial)"
         )
+    if entry.key in UNSEARCHABLE_KEYS:
+        raise ConfigError(
+            f"{_where(entry)}: cannot be searched (the search compares every trial by "
+            f"training.objective on the same device settings)"
+        )
     distribution = entry.distribution
     if distribution.each is not None:
         element = _list_element(annotation)
@@ -199,43 +193,24 @@ def _check_key(entry: SpaceEntry) -> None:
 
 
 def _annotation_of(entry: SpaceEntry) -> Any:
-    """The schema type of a dotted key; unknown keys and sections are errors."""
-    section: type[BaseModel] = Config
-    parts = entry.key.split(".")
-    for depth, part in enumerate(parts):
-        field = section.model_fields.get(part)
-        if field is None:
-            allowed = list(section.model_fields)
-            close = difflib.get_close_matches(part, allowed, n=1)
-            hint = f" (did you mean {'.'.join([*parts[:depth], close[0]])!r}?)" if close else ""
-            raise ConfigError(f"{_where(entry)}: unknown key{hint}")
-        annotation = field.annotation
-        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if depth < len(parts) - 1:
-            if not is_section:
-                raise ConfigError(f"{_where(entry)}: unknown key ({part} is not a section)")
-            section = typing.cast(type[BaseModel], annotation)
-        elif is_section:
-            raise ConfigError(f"{_where(entry)}: names a section; search the keys inside it")
-    return annotation
-
-
-def _union_members(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
+    """The schema type of a dotted key; unknown keys and sections are errors that name the
+    space entry."""
+    try:
+        return schema_field(entry.key)
+    except ConfigError as exc:
+        raise ConfigError(f"{_where(entry)}: {exc}") from None
 
 
 def _list_element(annotation: Any) -> Any | None:
     """The element type if the key accepts a list (``list[int]``, ``bool | list[bool]``)."""
-    for member in _union_members(annotation):
+    for member in union_members(annotation):
         if typing.get_origin(member) is list:
             return typing.get_args(member)[0]
     return None
 
 
 def _is_integer(annotation: Any) -> bool:
-    members = _union_members(annotation)
+    members = union_members(annotation)
     return int in members and float not in members
 
 

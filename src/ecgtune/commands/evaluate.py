@@ -1,0 +1,191 @@
+"""``hypertune.py evaluate RUN_DIR``: reload a saved model and evaluate it on the test split
+again, or (``--database DIR``) on every annotated beat of any WFDB database.
+
+The model, its beat rules and its split come from the checkpoint; every path (where the
+records are, where the cache goes, where results are written) comes from the command line and
+the current config, never from the checkpoint: a checkpoint from elsewhere cannot choose
+where this machine reads or writes. Writes ``evaluation.json`` (``evaluation-<database>.json``)
+and its figure beside the training report, which is left as it was, as is the test split.
+
+``--database`` reads no config: it runs on the CPU in fp32 whatever device and precision the
+model was trained with, cuts each record's beats with the checkpoint's ``[data]`` rules
+(:mod:`ecgtune.data.wfdb_database`) and reports one confusion matrix over every beat of the
+database, with AAMI Se/+P of S and V, and the same figures per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import confusion_matrix
+from torch import nn
+
+from ecgtune.commands.common import check_writable
+from ecgtune.config import AAMI_CLASSES, Config, validate_config
+from ecgtune.console import make_console
+from ecgtune.console.data import data_progress
+from ecgtune.console.evaluation import aami_summary, record_progress, record_table
+from ecgtune.console.training import metrics_table
+from ecgtune.data import load_dataset
+from ecgtune.data.build import pool_record_beats
+from ecgtune.data.wfdb_database import (
+    CutRecord,
+    LeadChoice,
+    choose_records,
+    cut_record,
+    open_database,
+)
+from ecgtune.errors import DataError
+from ecgtune.metrics import AAMI_REPORTED_CLASSES, metrics_from_confusion
+from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, write_report
+from ecgtune.training import evaluate_test_split, predict_proba, resolve_device
+
+LOCAL_DATA_KEYS = ("raw_dir", "cache_dir", "base_url", "train_files", "test_files")
+"""``[data]`` keys that say where files are on this machine: taken from the current config."""
+
+
+def evaluate_command(run_dir: Path, config: Config) -> int:
+    """Evaluate ``run_dir/best_model.pt`` on the test split its config defines; 0 when done."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    model, saved, class_names = load_checkpoint(checkpoint)
+    config = with_local_paths(saved, config, source=str(checkpoint))
+    check_writable({"RUN_DIR": run_dir, "data.cache_dir": config.data.cache_dir})
+    console = make_console()
+    dataset = load_dataset(config, data_progress(console))
+    if dataset.class_names != class_names:
+        raise DataError(
+            f"{checkpoint}: the model's classes {list(class_names)} differ from the rebuilt "
+            f"dataset's {list(dataset.class_names)}"
+        )
+    model.to(resolve_device(config.training.device))
+    metrics = evaluate_test_split(model, dataset, config)
+    extra = {"split": "test", "checkpoint": str(checkpoint)}
+    write_report(
+        run_dir,
+        metrics,
+        class_names,
+        extra,
+        json_name="evaluation.json",
+        figure_name="evaluation_confusion_matrix.png",
+    )
+    console.print(metrics_table(metrics, title=f"Test split ({metrics.n_beats} beats)"))
+    console.print(f"Wrote {run_dir / 'evaluation.json'} (report.json is left as it was)")
+    return 0
+
+
+def with_local_paths(saved: Config, local: Config, source: str) -> Config:
+    """The checkpoint's config with this machine's file locations (``[data]`` paths, the
+    whole ``[tracking]`` section) and device settings from the current config."""
+    raw = saved.model_dump(mode="json")
+    here = local.model_dump(mode="json")
+    for key in LOCAL_DATA_KEYS:
+        raw["data"][key] = here["data"][key]
+    raw["tracking"] = here["tracking"]
+    raw["training"]["device"] = here["training"]["device"]
+    raw["training"]["num_threads"] = here["training"]["num_threads"]
+    return validate_config(raw, source=source)
+
+
+def evaluate_database_command(
+    run_dir: Path,
+    database_dir: Path,
+    lead: str | None = None,
+    records: Sequence[str] | None = None,
+    annotator: str = "atr",
+    first_channel: bool = False,
+) -> int:
+    """Evaluate ``run_dir/best_model.pt`` on every annotated beat of the records of a WFDB
+    database (``--records``: some of them); 0 when done."""
+    started = perf_counter()
+    model, config, checkpoint = load_aami_model(run_dir)
+    database = open_database(database_dir)
+    names = choose_records(database, records)
+    check_writable({"RUN_DIR": run_dir})
+    choice = LeadChoice(lead or config.data.lead, first_channel)
+    console = make_console()
+    rows: list[dict[str, Any]] = []
+    with record_progress(console) as progress:
+        for name in progress.track(names, description="records"):
+            cut = cut_record(database.folder / name, choice, config.data, annotator)
+            predicted = beat_probabilities(model, cut).argmax(axis=1)
+            rows.append(record_row(name, cut, confusion_of(cut.beats.labels, predicted)))
+    total = np.array([row["confusion_matrix"] for row in rows], dtype=np.int64).sum(axis=0)
+    metrics = metrics_from_confusion(total, AAMI_CLASSES)
+    json_name, figure_name = (f"evaluation-{database.name}.{ext}" for ext in ("json", "png"))
+    extra = {
+        "database": str(database.folder),
+        "checkpoint": str(checkpoint),
+        "lead": choice.name,
+        "first_channel": first_channel,
+        "annotator": annotator,
+        "target_hz": config.data.target_hz,
+        "seconds": perf_counter() - started,
+        "records": rows,
+    }
+    write_report(run_dir, metrics, AAMI_CLASSES, extra, json_name, figure_name)
+    console.print(record_table(rows, title=f"{database.name}: per record"))
+    title = f"{database.name}: {metrics.n_beats} beats, {len(rows)} records"
+    console.print(metrics_table(metrics, title=title))
+    console.print(aami_summary(metrics.aami()))
+    for row in rows:
+        if row["lead"] != choice.name:
+            console.print(f"record {row['record']}: no {choice.name} lead, used {row['lead']}")
+    console.print(f"Wrote {run_dir / json_name} and {figure_name} (report.json is left as it was)")
+    return 0
+
+
+def load_aami_model(run_dir: Path) -> tuple[nn.Module, Config, Path]:
+    """The run's model on the CPU in fp32 (eval mode) and its config; refused unless its
+    classes are the AAMI five, which the beat annotations of any database map to."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    model, config, class_names = load_checkpoint(checkpoint)
+    if class_names != AAMI_CLASSES:
+        raise DataError(
+            f"{checkpoint}: the model's classes are {', '.join(class_names)}, not the AAMI "
+            f"five {', '.join(AAMI_CLASSES)}; only an AAMI model labels WFDB beats"
+        )
+    return model.float(), config, checkpoint
+
+
+def beat_probabilities(model: nn.Module, cut: CutRecord) -> NDArray[np.float32]:
+    """Class probabilities of every beat of a record, ``(beats, 5)``; the beats become a
+    :class:`~ecgtune.data.dataset.BeatSet` as the training build pools them."""
+    return predict_proba(model, pool_record_beats([cut.beats]))
+
+
+def confusion_of(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> NDArray[np.int64]:
+    """5 x 5 beats per (true, predicted) AAMI class."""
+    matrix: NDArray[np.int64] = confusion_matrix(
+        labels, predicted, labels=np.arange(len(AAMI_CLASSES))
+    ).astype(np.int64)
+    return matrix
+
+
+def record_row(name: str, cut: CutRecord, confusion: NDArray[np.int64]) -> dict[str, Any]:
+    """A record's line of the report: its lead and rate, beats, S and V Se/+P, the matrix."""
+    return {
+        "record": name,
+        "lead": cut.lead.name,
+        "fs": cut.lead.fs,
+        "beats": int(confusion.sum()),
+        **aami_figures(confusion),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def aami_figures(confusion: NDArray[np.int64]) -> dict[str, float | None]:
+    """``se_S``, ``ppv_S``, ``se_V``, ``ppv_V`` of one record (EC57's per-record figures):
+    Se = TP / true beats of the class, None when the record has none; +P = TP / beats
+    predicted as the class, None when none were."""
+    figures: dict[str, float | None] = {}
+    for name in AAMI_REPORTED_CLASSES:
+        k = AAMI_CLASSES.index(name)
+        hits, support, predicted = confusion[k, k], confusion[k].sum(), confusion[:, k].sum()
+        figures[f"se_{name}"] = float(hits / support) if support else None
+        figures[f"ppv_{name}"] = float(hits / predicted) if predicted else None
+    return figures

@@ -1,0 +1,293 @@
+"""The README's central claims about a search, each shown on a real (tiny) search: the default
+path, the live display, the best model, the test split touched once, the exit-2 paths, and
+what a resumed search may change."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+import torch
+from mlflow import MlflowClient
+
+import ecgtune.commands.train
+import ecgtune.search.loop
+import ecgtune.training
+from ecgtune.cli import main
+from ecgtune.commands.tune import tune_command
+from ecgtune.config import Config
+from ecgtune.data import load_dataset
+from ecgtune.metrics import ClassificationMetrics, compute_metrics
+from ecgtune.report import load_checkpoint
+from ecgtune.training import predict, predict_logits
+from tests.conftest import REPO_ROOT
+from tests.test_search import (  # noqa: F401 (fixtures)
+    SearchConfig,
+    in_tmp_path,
+    mlflow_runs,
+    results,
+    search_config,
+    write_config,
+)
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_in_terminal(command: list[str], cwd: Path, seconds: float = 300) -> tuple[int, str]:
+    """Run ``command`` with a pseudo-terminal (160 columns) as stdout and stderr, as a person
+    at a terminal would; returns the exit status and everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    size = {"COLUMNS": "160", "LINES": "50"}  # pytest's own terminal width must not leak in
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=follower, stderr=follower, env={**os.environ, **size}
+    )
+    os.close(follower)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            assert time.monotonic() < deadline, "the search did not finish"  # guards a hang
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the process has ended
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_plain_hypertune_runs_the_search_of_config_toml_with_the_live_display(
+    search_config: SearchConfig, tmp_path: Path
+) -> None:
+    config = search_config(max_evals=3, epochs=4)
+    (tmp_path / "config.toml").write_text(
+        tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
+    )
+    status, screen = run_in_terminal([sys.executable, str(REPO_ROOT / "hypertune.py")], tmp_path)
+    text = ANSI.sub("", screen)
+
+    assert status == 0, text[-3000:]
+    assert (config.run_dir / "report.json").is_file()
+    assert re.search(r"search .* 3/3 trials +best 0\.\d{4} +ETA \d+:\d{2}", text)
+    running = r"trial \d epoch [2-4]/4 .* \d+/\d+ beats +loss \d\.\d{4} +epoch \d valid macro_f1"
+    assert re.search(running, text)  # the last finished epoch's figure, labelled
+    assert "Finished trials (3; the best in green)" in text
+    best = json.loads((config.run_dir / "report.json").read_text())["best_trial"]
+    green = r"\x1b\[1;32m"
+    best_row = re.compile(rf"│{green} \x1b\[0m{green} *{best}\x1b\[0m")  # first cell: "#"
+    assert best_row.search(screen), "the best trial's row is not bold green"
+
+
+def test_the_best_model_is_the_best_trials_best_epoch(search_config: SearchConfig) -> None:
+    config = search_config(max_evals=3, epochs=3)
+    assert tune_command(config, quiet=True) == 0
+    report = json.loads((config.run_dir / "report.json").read_text())
+    best = next(r for r in results(config) if r["row"]["number"] == report["best_trial"])
+
+    model, best_config, class_names = load_checkpoint(config.run_dir / "best_model.pt")
+    dataset = load_dataset(best_config)
+    valid = figures(model, dataset.valid, best_config, class_names)
+    assert valid.as_flat_dict() == pytest.approx(
+        {key: value for key, value in best["valid"].items() if key != "loss"}, rel=1e-6
+    )
+    test = figures(model, dataset.test, best_config, class_names)
+    assert json.loads(json.dumps(test.to_json())) == report["metrics"]
+    assert best_config.training.epochs == 3 and best["best_epoch"] <= 3
+
+
+def figures(
+    model: torch.nn.Module, beats: Any, config: Config, class_names: tuple[str, ...]
+) -> ClassificationMetrics:
+    return compute_metrics(beats.labels, predict(model, beats, config), class_names)
+
+
+class SplitSpy:
+    """Counts every prediction of the test split, with the number of trials finished by
+    then: wraps ``predict_logits`` (every prediction goes through it) and compares the beats
+    predicted with the test split's."""
+
+    def __init__(self, config: Config) -> None:
+        self.test_signals = torch.from_numpy(load_dataset(config).test.signals)
+        self.calls: list[int] = []
+        self.trials_done = 0
+
+    def wrap(self, original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def spied(model: Any, signals: torch.Tensor, *args: Any) -> torch.Tensor:
+            if signals.shape[0] == len(self.test_signals) and torch.equal(
+                signals.reshape(len(signals), -1).cpu(),
+                self.test_signals.reshape(len(signals), -1),
+            ):
+                self.calls.append(self.trials_done)
+            return original(model, signals, *args)
+
+        return spied
+
+
+def test_the_test_split_is_predicted_once_after_the_last_trial(
+    search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = search_config(max_evals=3, epochs=1)
+    spy = SplitSpy(config)
+    monkeypatch.setattr(ecgtune.training, "predict_logits", spy.wrap(predict_logits))
+    original_ended = ecgtune.search.loop.TrialRunner.__call__
+
+    def counting(runner: Any, sample: dict[str, Any]) -> dict[str, Any]:
+        result = original_ended(runner, sample)
+        spy.trials_done += 1
+        return result
+
+    monkeypatch.setattr(ecgtune.search.loop.TrialRunner, "__call__", counting)
+    assert tune_command(config, quiet=True) == 0
+    assert spy.calls == [3]
+
+
+def test_train_predicts_the_test_split_once(
+    search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = search_config(epochs=2)
+    spy = SplitSpy(config)
+    monkeypatch.setattr(ecgtune.training, "predict_logits", spy.wrap(predict_logits))
+    assert ecgtune.commands.train.train_command(config, quiet=True) == 0
+    assert spy.calls == [0]
+
+
+def test_train_on_a_diverging_run_exits_2_with_one_line(
+    search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SGD at lr 10 with heavy momentum, tiny batches and no normalisation overflows within
+    the first epoch (measured: a NaN loss at batch 110 of 420)."""
+    training = {"optimizer": "sgd", "lr": 10.0, "momentum": 0.99, "scheduler": "none"}
+    config = search_config(epochs=1, training={**training, "batch_size": 4})
+    path = write_config(config, tmp_path)
+    plain = ["model.batch_norm=false", "model.se_blocks=false", "model.residual=false"]
+    command = ["train", "--config", str(path), "--quiet"]
+    assert main([*command, *(part for key in plain for part in ("--set", key))]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: training diverged: epoch 1, batch")
+    run = only_run(config)
+    assert run.info.status == "FAILED"
+    assert not list(config.run_dir.glob("train-*/best_model.pt"))
+
+
+def only_run(config: Config) -> Any:
+    client = MlflowClient(config.tracking.mlflow_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def test_a_search_in_which_every_trial_fails_exits_2(
+    search_config: SearchConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def refuse(config: Config, n_classes: int) -> Any:
+        raise RuntimeError("no model today")
+
+    monkeypatch.setattr(ecgtune.training, "build_model", refuse)
+    config = search_config(max_evals=2, epochs=1)
+    assert main(["tune", "--config", str(write_config(config, tmp_path)), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (
+        "error: no trial succeeded (2 finished, the first failure: RuntimeError: no model "
+        "today); see the trial table or the MLflow runs"
+    )
+    parent, children = mlflow_runs(config)
+    assert parent.info.status == "FAILED"
+    assert [run.info.status for run in children] == ["FAILED", "FAILED"]
+
+
+def test_a_sampled_value_the_schema_rejects_fails_only_that_trial(
+    search_config: SearchConfig,
+) -> None:
+    """``normal`` has no bounds: dropout drawn from N(0.3, 1) falls outside [0, 1) in about
+    half the trials; those fail with the schema's message, the others train."""
+    space = {"model.dropout": {"normal": [0.3, 1.0]}}
+    config = search_config(max_evals=6, epochs=1, search={"space": space})
+    assert tune_command(config, quiet=True) == 0
+    rows = [result["row"] for result in results(config)]
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert failed and len(failed) < len(rows)
+    for row in failed:
+        assert "model.dropout = " in row["note"] and row["epochs"] == 0
+        assert not 0 <= row["values"]["model.dropout"] < 1
+    assert all(0 <= row["values"]["model.dropout"] < 1 for row in rows if row["status"] == "ok")
+
+
+def test_a_resume_may_change_paths_device_and_threads(
+    search_config: SearchConfig, tmp_path: Path
+) -> None:
+    config = search_config(max_evals=1, epochs=1)
+    assert tune_command(config, quiet=True) == 0
+    moved = search_config(
+        max_evals=2,
+        epochs=1,
+        data={"cache_dir": str(tmp_path / "other-cache")},
+        training={"device": "auto", "num_threads": 2},
+        tracking={"tensorboard_dir": str(tmp_path / "other-logs")},
+    )
+    assert tune_command(moved, quiet=True) == 0
+    assert [result["row"]["number"] for result in results(moved)] == [0, 1]
+    assert (tmp_path / "other-logs").is_dir() and (tmp_path / "other-cache").is_dir()
+
+
+def test_fresh_keeps_the_old_checkpoints(search_config: SearchConfig) -> None:
+    config = search_config(max_evals=1, epochs=1)
+    assert tune_command(config, quiet=True) == 0
+    old = (config.run_dir / "checkpoints" / "trial-000.pt").read_bytes()
+    assert tune_command(config, fresh=True, quiet=True) == 0
+    (kept,) = config.run_dir.glob("checkpoints.*")
+    assert (kept / "trial-000.pt").read_bytes() == old
+    assert (config.run_dir / "checkpoints" / "trial-000.pt").is_file()
+
+
+def test_two_processes_with_the_same_seed_give_the_same_search(
+    search_config: SearchConfig, tmp_path: Path
+) -> None:
+    """Every trial's values and validation figures repeat exactly in a second process."""
+    outcomes = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = search_config(
+            max_evals=3,
+            epochs=1,
+            tracking={
+                "output_dir": str(folder / "runs"),
+                "tensorboard_dir": str(folder / "logs"),
+                "mlflow_uri": f"sqlite:///{folder / 'mlflow.db'}",
+            },
+        )
+        command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--quiet"]
+        done = subprocess.run(
+            [*command, "--config", str(write_config(config, folder))],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        outcomes.append([(r["row"]["values"], r["valid"]) for r in results(config)])
+    assert outcomes[0] == outcomes[1]
