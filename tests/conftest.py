@@ -11,6 +11,8 @@ import pytest
 
 from ecgtune.config import Config, validate_config
 
+pytest_plugins = ["tests.search_helpers"]  # the search tests' fixtures
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICK_RECORDS = ["100", "106", "119", "208", "209", "232"]
 TINY_CNN: dict[str, Any] = {

@@ -56,7 +56,9 @@ def record_100(mitdb_dir: Path) -> tuple[NDArray[np.float64], NDArray[np.int64]]
     return signal, np.rint(samples * 125 / 360).astype(int)
 
 
-def centred_slice(signal: NDArray[np.float64], peak: int) -> tuple[NDArray[np.float64], NDArray]:
+def centred_slice(
+    signal: NDArray[np.float64], peak: int
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """The 188 samples from 62 before ``peak``, zero (and marked outside) past the record."""
     beat, inside = np.zeros(188), np.zeros(188, dtype=bool)
     for i in range(188):

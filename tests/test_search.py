@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
-from hyperopt import Trials, space_eval
+from hyperopt import space_eval
 from mlflow import MlflowClient
-from mlflow.entities import Run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -29,7 +27,6 @@ from ecgtune.config import Config, load_config
 from ecgtune.errors import ConfigError
 from ecgtune.models import build_model
 from ecgtune.search.space import build_search_space
-from ecgtune.search.store import TrialStore
 from ecgtune.tracking.mlflow_runs import (
     FAILURE_TAG,
     PARENT_TAG,
@@ -38,60 +35,17 @@ from ecgtune.tracking.mlflow_runs import (
     TRIAL_TAG,
 )
 from tests.conftest import REPO_ROOT
+from tests.search_helpers import (
+    EXPERIMENT,
+    SPACE,
+    SearchConfig,
+    mlflow_runs,
+    results,
+    saved_trials,
+    write_config,
+)
 
-SPACE = {
-    "training.lr": {"loguniform": [1e-3, 1e-2]},
-    "model.kernel_sizes": {"each": {"choice": [3, 5, 7]}},
-    "model.dropout": {"uniform": [0.1, 0.5]},
-}
-EXPERIMENT = "search-test"
-
-SearchConfig = Callable[..., Config]
-
-
-@pytest.fixture(autouse=True)
-def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow puts a SQLite store's artifacts in ./mlruns: keep them in the test's folder."""
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def search_config(small_config: Callable[..., Config]) -> SearchConfig:
-    """``small_config`` with a 3-key space, 2 epochs, and ``max_evals`` trials."""
-
-    def make(max_evals: int = 2, epochs: int = 2, **overrides: Any) -> Config:
-        search = {"max_evals": max_evals, "space": SPACE, **overrides.pop("search", {})}
-        training = {"epochs": epochs, **overrides.pop("training", {})}
-        tracking = {"experiment": EXPERIMENT, **overrides.pop("tracking", {})}
-        return small_config(search=search, training=training, tracking=tracking, **overrides)
-
-    return make
-
-
-def saved_trials(config: Config) -> Trials:
-    trials = TrialStore(config.run_dir).load()
-    assert trials is not None
-    return trials
-
-
-def results(config: Config) -> list[dict[str, Any]]:
-    """The finished trials' result documents, in trial order."""
-    return [doc["result"] for doc in saved_trials(config).trials if doc["state"] == 2]
-
-
-def mlflow_runs(config: Config) -> tuple[Run, list[Run]]:
-    """The experiment's one parent run and its child runs (oldest first)."""
-    client = MlflowClient(config.tracking.mlflow_uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment)
-    assert experiment is not None
-    runs = client.search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=100
-    )
-    parents = [run for run in runs if PARENT_TAG not in run.data.tags]
-    assert len(parents) == 1, [run.info.run_name for run in parents]
-    children = [run for run in runs if run.data.tags.get(PARENT_TAG) == parents[0].info.run_id]
-    assert len(children) == len(runs) - 1
-    return parents[0], children
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 
 def test_a_search_of_four_trials_writes_every_output(
@@ -352,12 +306,6 @@ def test_max_evals_below_one_is_a_one_line_config_error(
     error = capsys.readouterr().err
     assert error.startswith("error: ") and len(error.splitlines()) == 1
     assert error.endswith("search.max_evals = 0: Input should be greater than or equal to 1\n")
-
-
-def write_config(config: Config, folder: Path) -> Path:
-    path = folder / "search.toml"
-    path.write_text(tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)))
-    return path
 
 
 @pytest.fixture

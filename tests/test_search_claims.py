@@ -34,14 +34,9 @@ from ecgtune.metrics import ClassificationMetrics, compute_metrics
 from ecgtune.report import load_checkpoint
 from ecgtune.training import predict, predict_logits
 from tests.conftest import REPO_ROOT
-from tests.test_search import (  # noqa: F401 (fixtures)
-    SearchConfig,
-    in_tmp_path,
-    mlflow_runs,
-    results,
-    search_config,
-    write_config,
-)
+from tests.search_helpers import SearchConfig, mlflow_runs, results, write_config
+
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -55,7 +55,8 @@ def main() -> int:
         with serve(
             [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri], work
         ) as mlflow_url:
-            runs = f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+            page = f"#/experiments/{experiment.experiment_id}/runs"
+            runs = f"{mlflow_url}/{page}?workflowType=machine_learning"
             shoot(browser, runs, args.out / "mlflow-runs.png")
         with serve(
             [sys.executable, "-m", "tensorboard.main", "--logdir", "logs"], work
