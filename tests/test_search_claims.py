@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tomli_w
 import torch
@@ -30,8 +31,8 @@ from ecgtune.cli import main
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config
 from ecgtune.data import load_dataset
-from ecgtune.metrics import ClassificationMetrics, compute_metrics
-from ecgtune.report import load_checkpoint
+from ecgtune.metrics import ClassificationMetrics, compute_metrics, metrics_from_confusion
+from ecgtune.report import confusion_figure, load_checkpoint
 from ecgtune.training import predict, predict_logits
 from tests.conftest import REPO_ROOT
 from tests.search_helpers import SearchConfig, mlflow_runs, results, write_config
@@ -286,3 +287,37 @@ def test_two_processes_with_the_same_seed_give_the_same_search(
         assert done.returncode == 0, done.stderr
         outcomes.append([(r["row"]["values"], r["valid"]) for r in results(config)])
     assert outcomes[0] == outcomes[1]
+
+
+def test_the_terminal_shows_a_header_one_column_per_searched_key_and_the_top_trials_once(
+    search_config: SearchConfig,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # the temporary paths are long
+    config = search_config(max_evals=2, epochs=1)
+    assert tune_command(config, quiet=True) == 0
+    printed = capsys.readouterr().out
+    header = printed[: printed.index("trial 0 started")]
+    for label in ("experiment", "train split", "valid split", "test split", "device"):
+        assert re.search(rf"^{label} +", header, re.MULTILINE), label
+    assert "search-test" in header and "cpu, 1 threads" in header
+    assert "mlflow ui --backend-store-uri" in header and "tensorboard --logdir=" in header
+    columns = next(line for line in printed.splitlines() if line.startswith("┃ #"))
+    cells = [cell.strip() for cell in columns.strip("┃ ").split("┃")]
+    assert cells[:4] == ["#", "lr", "kernel_sizes", "dropout"]
+    assert printed.count("Top 2 of 2 trials") == 1
+    assert printed.count("┃ #") == 1  # one trial table, not the live one and the top one
+    assert re.search(r"Done in \d+ min \d+ s", printed)
+
+
+def test_the_confusion_figure_names_its_split_and_marks_absent_classes() -> None:
+    matrix = np.array([[5, 1, 0], [0, 3, 0], [0, 0, 0]], dtype=np.int64)
+    metrics = metrics_from_confusion(matrix, ("N", "S", "Q"))
+    figure = confusion_figure(metrics, "test split, best trial 3 — 9 beats")
+    title = figure.get_suptitle()
+    assert title.startswith("test split, best trial 3 — 9 beats: accuracy 0.8889")
+    assert title.endswith("(absent: Q)")
+    shares = figure.axes[1]
+    texts = [text.get_text() for text in shares.texts]
+    assert texts[-3:] == ["n/a", "n/a", "n/a"] and texts[:3] == ["0.83", "0.17", "0.00"]

@@ -56,8 +56,8 @@ def run_header(config: Config, dataset: Dataset, device: str, threads: int, engi
     experiment, beats per class per split, device and threads, the engine, and the folders
     with the commands that open them."""
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_row("experiment", config.tracking.experiment)
     data = config.data
     table.add_row("data", f"{data.source}, {data.split} split, {dataset.beat_length}-sample beats")
@@ -72,8 +72,8 @@ def run_header(config: Config, dataset: Dataset, device: str, threads: int, engi
     table.add_row("engine", engine)
     table.add_row("results", str(config.run_dir))
     uri, logs = config.tracking.mlflow_uri, config.tracking.tensorboard_dir
-    table.add_row("MLflow", f"{uri}  (open: mlflow ui --backend-store-uri {uri})")
-    table.add_row("TensorBoard", f"{logs}  (open: tensorboard --logdir={logs})")
+    table.add_row("MLflow", f"{uri}, open with: mlflow ui --backend-store-uri {uri}")
+    table.add_row("TensorBoard", f"{logs}, open with: tensorboard --logdir={logs}")
     return table
 
 
