@@ -1,0 +1,142 @@
+"""``hypertune.py predict RUN_DIR RECORD [RECORD ...]``: label every beat of new recordings.
+
+A RECORD is a WFDB record path without extension (header + signal). Its beats are at the
+samples of its annotation file when ``--annotator EXT`` is given and the record has
+``RECORD.EXT``; otherwise at the R peaks wfdb's XQRS detector finds
+(:mod:`ecgtune.data.detect`). Either way they are cut by the model's own ``[data]`` rules
+(:func:`ecgtune.data.wfdb_database.cut_record`) and classified on the CPU in fp32, as
+``evaluate --database`` does, so both give the same label to the same beat.
+
+Per record, in ``--out`` (default: beside the record):
+
+* ``RECORD.ecgtune``: a WFDB annotation file, one AAMI symbol (N, S, V, F, Q; all standard
+  WFDB beat symbols) at each beat's R-peak sample; ``wfdb.rdann(RECORD, "ecgtune")`` and WFDB
+  viewers read it;
+* ``RECORD.csv``: ``sample`` (at the record's rate), ``time_s``, ``label``, then ``p_N`` ...
+  ``p_Q``, the model's probability of each class (they sum to 1).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import wfdb
+from numpy.typing import NDArray
+
+from ecgtune.commands.common import check_writable
+from ecgtune.commands.evaluate import beat_probabilities, load_aami_model
+from ecgtune.config import AAMI_CLASSES
+from ecgtune.console import make_console
+from ecgtune.console.evaluation import class_count_table, record_progress
+from ecgtune.data.files import atomic_write
+from ecgtune.data.records import annotation_path, check_header
+from ecgtune.data.wfdb_database import CutRecord, LeadChoice, cut_record
+from ecgtune.errors import UserError
+
+ANNOTATION_EXTENSION = "ecgtune"
+CSV_COLUMNS = ("sample", "time_s", "label", *(f"p_{name}" for name in AAMI_CLASSES))
+
+
+def predict_command(
+    run_dir: Path,
+    records: Sequence[Path],
+    lead: str | None = None,
+    annotator: str | None = None,
+    out: Path | None = None,
+    first_channel: bool = False,
+) -> int:
+    """Label every beat of each record and write its ``.ecgtune`` and ``.csv``; 0 when done."""
+    model, config, _ = load_aami_model(run_dir)
+    targets = output_targets(records, out)
+    choice = LeadChoice(lead or config.data.lead, first_channel)
+    console = make_console()
+    rows: list[dict[str, Any]] = []
+    with record_progress(console) as progress:
+        for record, target in progress.track(
+            list(zip(records, targets, strict=True)), description="records"
+        ):
+            cut = cut_record(record, choice, config.data, beats_from(record, annotator))
+            probabilities = beat_probabilities(model, cut)
+            predicted = probabilities.argmax(axis=1)
+            write_annotation_file(target, cut, predicted)
+            write_csv(target, cut, probabilities, predicted)
+            counts = np.bincount(predicted, minlength=len(AAMI_CLASSES)).tolist()
+            rows.append(
+                {
+                    "record": record.name,
+                    "source": cut.source,
+                    "counts": dict(zip(AAMI_CLASSES, counts, strict=True)),
+                }
+            )
+    console.print(class_count_table(rows))
+    folders = sorted({str(target.parent) for target in targets})
+    console.print(f"Wrote RECORD.{ANNOTATION_EXTENSION} and RECORD.csv in {', '.join(folders)}")
+    return 0
+
+
+def beats_from(record: Path, annotator: str | None) -> str | None:
+    """The annotator whose file gives the beat positions, or None for the QRS detector: the
+    record has no ``--annotator`` file, or none was asked for."""
+    if annotator is not None and annotation_path(record, annotator).is_file():
+        return annotator
+    return None
+
+
+def output_targets(records: Sequence[Path], out: Path | None) -> list[Path]:
+    """``<folder>/<record name>`` (no extension) of each record's output files, checked before
+    any work: every record has a header, every folder is writable, no two records write the
+    same files."""
+    targets: list[Path] = []
+    for record in records:
+        check_header(record)
+        folder = record.parent if out is None else out
+        check_writable({"--out" if out else f"--out (default: beside record {record})": folder})
+        target = (folder / record.name).resolve()
+        if target in targets:
+            raise UserError(
+                f"records {records[targets.index(target)]} and {record} would both write "
+                f"{target}.{ANNOTATION_EXTENSION}; predict them with different --out folders"
+            )
+        targets.append(target)
+    return targets
+
+
+def write_annotation_file(target: Path, cut: CutRecord, predicted: NDArray[np.int64]) -> None:
+    """``target.ecgtune``: the predicted AAMI symbol at each beat's sample. wfdb writes it
+    in a scratch folder beside ``target`` (under a name it accepts: record names with dots
+    are refused), then it is moved into place, so no half-written file is ever left."""
+    symbols = [AAMI_CLASSES[k] for k in predicted]
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".ecgtune-") as scratch:
+        wfdb.wrann(
+            "record",
+            ANNOTATION_EXTENSION,
+            sample=cut.beats.samples,
+            symbol=symbols,
+            fs=cut.lead.fs,
+            write_dir=scratch,
+        )
+        os.replace(
+            Path(scratch) / f"record.{ANNOTATION_EXTENSION}",
+            target.with_name(f"{target.name}.{ANNOTATION_EXTENSION}"),
+        )
+
+
+def write_csv(
+    target: Path,
+    cut: CutRecord,
+    probabilities: NDArray[np.float32],
+    predicted: NDArray[np.int64],
+) -> None:
+    """``target.csv``: one line per beat, the columns of :data:`CSV_COLUMNS`."""
+    samples = cut.beats.samples
+    lines = [",".join(CSV_COLUMNS)]
+    for sample, label, row in zip(samples, predicted, probabilities, strict=True):
+        chances = ",".join(f"{p:.6f}" for p in row)
+        lines.append(f"{sample},{sample / cut.lead.fs:.3f},{AAMI_CLASSES[label]},{chances}")
+    with atomic_write(target.with_name(f"{target.name}.csv")) as stream:
+        stream.write(("\n".join(lines) + "\n").encode("utf-8"))

@@ -1,0 +1,142 @@
+"""Records of any WFDB database, cut into beats by a trained model's own ``[data]`` rules.
+
+A database is a folder: its records are the lines of its ``RECORDS`` file (PhysioNet's
+listing), or, without one, the names of its ``.hea`` headers. A record's beats come from
+:func:`~ecgtune.data.beats.segment_record`, the function the training build uses, so a beat
+here is cut exactly as the model's training beats were, whatever the record's sampling rate
+(``segment_record`` resamples it to ``data.target_hz``) and wherever its lead is stored (found
+by name). Beat positions come from the record's annotation file, or from the QRS detector
+(:mod:`~ecgtune.data.detect`); RR intervals from those same positions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecgtune.config import DataConfig
+from ecgtune.data.beats import RecordBeats, segment_record
+from ecgtune.data.detect import detect_beats, detected_annotations
+from ecgtune.data.records import Lead, read_annotations, read_named_lead
+from ecgtune.errors import DataError
+
+RECORDS_FILE = "RECORDS"
+SHOWN_NAMES = 12
+"""Record names listed in an "unknown record" message (a database may hold thousands)."""
+
+
+@dataclass(frozen=True)
+class WfdbDatabase:
+    """A database folder and its record names, in listing order."""
+
+    folder: Path
+    records: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The folder's name, kept to letters, digits, ``-``, ``_`` and ``.`` (it names the
+        evaluation's files)."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.folder.resolve().name) or "database"
+
+
+@dataclass(frozen=True)
+class LeadChoice:
+    """The lead to read, by name, and whether a record without it falls back to its first
+    channel (otherwise it is an error)."""
+
+    name: str
+    first_channel: bool = False
+
+
+@dataclass(frozen=True)
+class CutRecord:
+    """A record's beats and the lead they were cut from; ``source`` says where the beat
+    positions came from (the annotator's extension, or ``"XQRS"``)."""
+
+    lead: Lead
+    beats: RecordBeats
+    source: str
+
+
+def open_database(folder: Path) -> WfdbDatabase:
+    """The database in ``folder``; a one-line error when it is not one."""
+    if not folder.is_dir():
+        raise DataError(f"--database {folder}: no such folder")
+    listing = folder / RECORDS_FILE
+    if listing.is_file():
+        records = listed_records(listing)
+    else:
+        records = tuple(sorted(path.name[: -len(".hea")] for path in folder.glob("*.hea")))
+    if not records:
+        raise DataError(
+            f"--database {folder}: not a WFDB database (no {RECORDS_FILE} file and no .hea "
+            f"headers)"
+        )
+    return WfdbDatabase(folder, records)
+
+
+def listed_records(listing: Path) -> tuple[str, ...]:
+    """The record names of a ``RECORDS`` file; a nested database (a line naming a folder, as
+    PhysioNet's multi-level databases have) is refused: point ``--database`` at that folder."""
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{listing}: not a readable RECORDS file ({exc})") from None
+    records = tuple(line.strip() for line in lines if line.strip())
+    nested = [name for name in records if name.endswith("/")]
+    if nested:
+        raise DataError(
+            f"{listing}: lists folders ({nested[0]}, ...), not records; give --database "
+            f"{listing.parent / nested[0]}"
+        )
+    return records
+
+
+def choose_records(database: WfdbDatabase, requested: Sequence[str] | None) -> list[str]:
+    """``requested`` (``--records``), in the order given, each checked against the database;
+    all of its records when None."""
+    if requested is None:
+        return list(database.records)
+    known = set(database.records)
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        shown = ", ".join(database.records[:SHOWN_NAMES])
+        more = ", ..." if len(database.records) > SHOWN_NAMES else ""
+        raise DataError(
+            f"--records: unknown record {unknown[0]!r} in {database.folder} "
+            f"({len(database.records)} records: {shown}{more})"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def whole_record_rules(data: DataConfig) -> DataConfig:
+    """The model's beat rules without ``max_beats_per_record``: every beat is evaluated or
+    labelled, however many the model was trained on."""
+    return data.model_copy(update={"max_beats_per_record": None})
+
+
+def cut_record(path: Path, lead: LeadChoice, data: DataConfig, annotator: str | None) -> CutRecord:
+    """Every beat of the record at ``path`` (no extension), cut by ``data``'s rules: at the
+    beats of its ``annotator`` file, or at the beats XQRS finds when ``annotator`` is None."""
+    signal = read_named_lead(path, lead.name, lead.first_channel)
+    if signal.fs != round(signal.fs):
+        raise DataError(
+            f"record {path}: sampled at {signal.fs:g} Hz; only whole-number rates are "
+            f"resampled exactly (resample the record first)"
+        )
+    if annotator is None:
+        samples = detect_beats(str(path), signal)
+        if samples.size < 2:
+            raise DataError(f"record {path}: the QRS detector found {samples.size} beats")
+        annotations, source = detected_annotations(samples), "XQRS"
+    else:
+        annotations, source = read_annotations(path.parent, path.name, annotator), annotator
+        if annotations.samples.size and annotations.samples[-1] >= signal.signal.size:
+            raise DataError(
+                f"record {path}: its {annotator} annotations run to sample "
+                f"{annotations.samples[-1]}, past the signal's {signal.signal.size} samples"
+            )
+    beats = segment_record(path.name, signal, annotations, whole_record_rules(data))
+    return CutRecord(signal, beats, source)
