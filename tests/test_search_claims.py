@@ -321,3 +321,42 @@ def test_the_confusion_figure_names_its_split_and_marks_absent_classes() -> None
     shares = figure.axes[1]
     texts = [text.get_text() for text in shares.texts]
     assert texts[-3:] == ["n/a", "n/a", "n/a"] and texts[:3] == ["0.83", "0.17", "0.00"]
+
+
+class Planted:
+    """A pickled object whose loading would create a file: what a planted checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_checkpoint_is_refused_in_one_line_without_running_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "ran"
+    torch.save({"config": Planted(marker)}, tmp_path / "best_model.pt")
+    config = tmp_path / "here.toml"
+    config.write_text('[data]\nraw_dir = "unused"\n')
+    assert main(["evaluate", str(tmp_path), "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    assert re.search(r"best_model.pt: refused: it names [\w.]+ to run when loaded", error)
+    assert not marker.exists()
+    torch.load(tmp_path / "best_model.pt", weights_only=False)  # as a careless loader would
+    assert marker.exists()
+
+
+def test_a_run_records_its_overrides(
+    search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = search_config(max_evals=1, epochs=2)
+    path = write_config(config, tmp_path)
+    assert main(["tune", "--config", str(path), "--quiet", "--set", "training.epochs=1"]) == 0
+    report = json.loads((config.run_dir / "report.json").read_text())
+    assert report["overrides"] == ["training.epochs=1"] and report["source_config"] == str(path)
+    assert report["config"]["training"]["epochs"] == 1
+    parent, _ = mlflow_runs(config)
+    assert parent.data.tags["ecgtune.overrides"] == "training.epochs=1"

@@ -7,6 +7,7 @@ into place), so an interrupted run never leaves half a file under the final name
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from pickle import UnpicklingError
@@ -54,8 +55,25 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Config, tuple[str, ...]]:
         model = build_model(config, len(class_names))
         model.load_state_dict(checkpoint["state_dict"])
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, UnpicklingError) as exc:
-        raise DataError(f"{path}: not a readable ecgtune checkpoint ({exc})") from exc
+        raise DataError(f"{path}: {checkpoint_problem(exc)}") from None
     return model.eval(), config, class_names
+
+
+def checkpoint_problem(exc: BaseException) -> str:
+    """Why a checkpoint was not loaded, in one line (torch's own messages run to several
+    paragraphs): a file that names code to run (a class or function, which
+    ``torch.load(weights_only=True)`` never calls) is refused by name."""
+    text = str(exc).strip()
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (
+            f"refused: it names {found.group(1)} to run when loaded, and checkpoints are "
+            f"loaded with torch.load(weights_only=True), which runs nothing; not an ecgtune "
+            f"checkpoint"
+        )
+    if isinstance(exc, UnpicklingError):
+        return "not a readable ecgtune checkpoint (not a torch file)"
+    reason = text.splitlines()[0][:200] if text else type(exc).__name__
+    return f"not a readable ecgtune checkpoint ({reason})"
 
 
 def write_report(
