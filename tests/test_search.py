@@ -89,7 +89,9 @@ def test_a_search_of_four_trials_writes_every_output(
         assert_tensorboard_run(Path(run.data.tags[TENSORBOARD_TAG]), result)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
     expected = {"best_config.toml", "report.json", "confusion_matrix.png", "best_model.pt"}
-    assert artifacts == expected | {"search_space.toml"}
+    assert artifacts == expected | {"search_space.toml", "MODEL_CARD.md"}
+    (logged,) = client.search_logged_models([experiment_id(config)])
+    assert logged.source_run_id == parent.info.run_id and logged.name == "model"
 
     report = json.loads((config.run_dir / "report.json").read_text())
     best = max(trial_results, key=lambda result: result["row"]["objective"])["row"]
@@ -160,6 +162,12 @@ def test_what_a_reader_of_the_search_sees_in_mlflow_and_the_report_files(
     reloaded = load_config(config.run_dir / "best_config.toml")
     assert reloaded.model.model_dump(mode="json") == report["config"]["model"]
     assert reloaded.training.model_dump(mode="json") == report["config"]["training"]
+
+
+def experiment_id(config: Config) -> str:
+    experiment = MlflowClient(config.tracking.mlflow_uri).get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    return str(experiment.experiment_id)
 
 
 def assert_tensorboard_run(directory: Path, result: dict[str, Any]) -> None:

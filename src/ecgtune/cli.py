@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="output folder (default: beside each record)"
     )
     add_record_options(predict)
+    export = commands.add_parser(
+        "export",
+        help="write a saved model as ONNX with a JSON sidecar (beat rules, classes)",
+        description="Write RUN_DIR/best_model.pt as ONNX (inputs beats and rr, output logits, "
+        "dynamic batch) with a JSON sidecar, checked against torch with ONNX Runtime.",
+    )
+    export.add_argument("run_dir", type=Path, help="directory holding best_model.pt")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (the default)")
+    export.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/model.onnx")
     return parser
 
 
@@ -145,6 +154,10 @@ def run_command(args: argparse.Namespace) -> int:
         return predict_command(
             args.run_dir, args.records, args.lead, args.annotator, args.out, args.first_channel
         )
+    if args.command == "export":
+        from ecgtune.commands.export import export_command
+
+        return export_command(args.run_dir, args.format, args.out)
     if args.command == "evaluate" and args.database is not None:
         from ecgtune.commands.evaluate import evaluate_database_command
 

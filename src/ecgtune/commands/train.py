@@ -29,7 +29,9 @@ from ecgtune.console.search import run_header
 from ecgtune.console.training import TrainingDisplay, metrics_table
 from ecgtune.data import load_dataset
 from ecgtune.errors import ConfigError, interruption
+from ecgtune.export.card import write_model_card
 from ecgtune.report import CHECKPOINT_NAME, save_checkpoint, write_report
+from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import (
     OVERRIDES_TAG,
     TENSORBOARD_TAG,
@@ -96,6 +98,7 @@ def train_command(
             }
             title = f"test split, {run_dir.name} (best epoch {result.best_epoch})"
             write_report(run_dir, metrics, dataset.class_names, extra, title=title)
+            write_model_card(run_dir, dataset)
         except KeyboardInterrupt as exc:
             tracker.end_early(run_id, interruption(exc), "KILLED")
             raise
@@ -110,6 +113,14 @@ def train_command(
         test = {f"test/{name}": value for name, value in metrics.as_flat_dict().items()}
         tracker.finish(run_id, {**result_metrics(result), **test})
         tracker.log_artifacts(run_id, sorted(run_dir.iterdir()))
+        log_model(
+            tracker,
+            run_id,
+            run_dir,
+            dataset.valid,
+            config.tracking.register_model,
+            metrics.as_flat_dict(),
+        )
     console.print(metrics_table(metrics, title=f"Test split ({metrics.n_beats:,} beats)"))
     console.print(f"Wrote {CHECKPOINT_NAME}, report.json and confusion_matrix.png to {run_dir}")
     return 0

@@ -36,6 +36,7 @@ from ecgtune.console.search import SearchDisplay, run_header, top_trials_table
 from ecgtune.console.training import metrics_table
 from ecgtune.data import load_dataset
 from ecgtune.errors import interruption
+from ecgtune.export.card import write_model_card
 from ecgtune.search.loop import (
     SETTINGS_KEYS,
     BestTrial,
@@ -50,6 +51,7 @@ from ecgtune.search.loop import (
 from ecgtune.search.space import SearchSpace, build_search_space
 from ecgtune.search.store import METADATA, TrialStore
 from ecgtune.search.trials import TrialObserverFanOut, best_row
+from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import OVERRIDES_TAG, MlflowTracker, MlflowTrials
 from ecgtune.tracking.tensorboard import TensorBoardTrials, search_tensorboard_root
 
@@ -115,6 +117,7 @@ def tune_command(
             console.print(f"Search stopped: {reason}")
             provenance = search_provenance(config, trials, tracker, source, overrides)
             best = evaluate_best(config, dataset, trials, store, provenance)
+            card = write_model_card(config.run_dir, dataset)
         except KeyboardInterrupt as exc:
             tracker.end_early(parent_id, interruption(exc), "KILLED")
             raise
@@ -122,7 +125,15 @@ def tune_command(
             tracker.end_early(parent_id, f"{type(exc).__name__}: {exc}", "FAILED")
             raise
         tracker.finish(parent_id, parent_metrics(best, len(finished_rows(trials))))
-        tracker.log_artifacts(parent_id, best.outputs)
+        tracker.log_artifacts(parent_id, [*best.outputs, card])
+        log_model(
+            tracker,
+            parent_id,
+            config.run_dir,
+            dataset.valid,
+            config.tracking.register_model,
+            best.test.as_flat_dict(),
+        )
     show_result(config, best, trials, keys, console, time.perf_counter() - started)
     return 0
 
