@@ -175,3 +175,22 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out = '{unwritable_dir}': cannot write there (")
     assert err.endswith("); choose a writable folder\n") and err.count("\n") == 1
+
+
+def test_predict_through_onnx_runtime_gives_torchs_labels(
+    run_dir: Path, record_100: Path, tmp_path: Path
+) -> None:
+    """``--onnx``: the exported model, run by ONNX Runtime, labels every beat as torch does."""
+    shutil.copy(find_mitdb_dir() / "100.atr", record_100.parent)
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), "--out", str(onnx_file)]) == 0
+    by_torch, by_onnx = tmp_path / "torch", tmp_path / "onnx"
+    command = ["predict", str(run_dir), str(record_100), "--annotator", "atr", "--out"]
+    assert main([*command, str(by_torch)]) == 0
+    assert main([*command, str(by_onnx), "--onnx", str(onnx_file)]) == 0
+    torch_rows, onnx_rows = read_csv(by_torch / "100.csv"), read_csv(by_onnx / "100.csv")
+    assert len(torch_rows) == len(onnx_rows) > 2000
+    assert [row["label"] for row in onnx_rows] == [row["label"] for row in torch_rows]
+    probabilities = [[float(row[column]) for column in COLUMNS[3:]] for row in onnx_rows]
+    reference = [[float(row[column]) for column in COLUMNS[3:]] for row in torch_rows]
+    np.testing.assert_allclose(probabilities, reference, atol=1e-4)

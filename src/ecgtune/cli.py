@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: beside each record)"
     )
+    predict.add_argument(
+        "--onnx", type=Path, metavar="FILE", help="run the beats through this exported model"
+    )
     add_record_options(predict)
     export = commands.add_parser(
         "export",
@@ -152,7 +155,13 @@ def run_command(args: argparse.Namespace) -> int:
         from ecgtune.commands.predict import predict_command
 
         return predict_command(
-            args.run_dir, args.records, args.lead, args.annotator, args.out, args.first_channel
+            args.run_dir,
+            args.records,
+            args.lead,
+            args.annotator,
+            args.out,
+            args.first_channel,
+            args.onnx,
         )
     if args.command == "export":
         from ecgtune.commands.export import export_command

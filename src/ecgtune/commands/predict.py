@@ -20,23 +20,28 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import wfdb
 from numpy.typing import NDArray
+from torch import nn
 
 from ecgtune.commands.common import check_writable
-from ecgtune.commands.evaluate import beat_probabilities, load_aami_model
+from ecgtune.commands.evaluate import load_aami_model
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
 from ecgtune.console.evaluation import class_count_table, record_progress
+from ecgtune.data.build import pool_record_beats
+from ecgtune.data.dataset import BeatSet
 from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
 from ecgtune.data.wfdb_database import CutRecord, LeadChoice, cut_record
-from ecgtune.errors import UserError
+from ecgtune.errors import DataError, UserError
+from ecgtune.export.onnx import OnnxClassifier
+from ecgtune.training import predict_proba
 
 ANNOTATION_EXTENSION = "ecgtune"
 CSV_COLUMNS = ("sample", "time_s", "label", *(f"p_{name}" for name in AAMI_CLASSES))
@@ -49,9 +54,13 @@ def predict_command(
     annotator: str | None = None,
     out: Path | None = None,
     first_channel: bool = False,
+    onnx: Path | None = None,
 ) -> int:
-    """Label every beat of each record and write its ``.ecgtune`` and ``.csv``; 0 when done."""
+    """Label every beat of each record and write its ``.ecgtune`` and ``.csv``; 0 when done.
+    With ``onnx`` (a file written by ``export``) the beats go through ONNX Runtime instead of
+    torch; the beat rules still come from ``run_dir``'s model."""
     model, config, _ = load_aami_model(run_dir)
+    probabilities_of = onnx_classifier(onnx) if onnx is not None else torch_classifier(model)
     targets = output_targets(records, out)
     choice = LeadChoice(lead or config.data.lead, first_channel)
     console = make_console()
@@ -61,7 +70,7 @@ def predict_command(
             list(zip(records, targets, strict=True)), description="records"
         ):
             cut = cut_record(record, choice, config.data, beats_from(record, annotator))
-            probabilities = beat_probabilities(model, cut)
+            probabilities = probabilities_of(pool_record_beats([cut.beats]))
             predicted = probabilities.argmax(axis=1)
             write_annotation_file(target, cut, predicted)
             write_csv(target, cut, probabilities, predicted)
@@ -77,6 +86,25 @@ def predict_command(
     folders = sorted({str(target.parent) for target in targets})
     console.print(f"Wrote RECORD.{ANNOTATION_EXTENSION} and RECORD.csv in {', '.join(folders)}")
     return 0
+
+
+Classifier = Callable[[BeatSet], NDArray[np.float32]]
+"""Class probabilities ``(beats, 5)`` of a set of beats."""
+
+
+def torch_classifier(model: nn.Module) -> Classifier:
+    return lambda beats: predict_proba(model, beats)
+
+
+def onnx_classifier(path: Path) -> Classifier:
+    """An exported model run by ONNX Runtime; its classes must be the AAMI five."""
+    classifier = OnnxClassifier(path)
+    if tuple(classifier.spec["class_names"]) != AAMI_CLASSES:
+        raise DataError(
+            f"{path}: the model's classes {classifier.spec['class_names']} are not the AAMI "
+            f"five {list(AAMI_CLASSES)}"
+        )
+    return classifier.probabilities
 
 
 def beats_from(record: Path, annotator: str | None) -> str | None:
