@@ -16,23 +16,19 @@ are timed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from machine import machine, write_results
 
 from ecgtune.config import Config, load_config, validate_config
 from ecgtune.data import Dataset, load_dataset
-from ecgtune.data.files import atomic_write
 from ecgtune.data.summary import dataset_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,26 +85,6 @@ def kaggle_csv_seconds(dataset: Dataset, scratch: Path) -> dict[str, float]:
     return {"csv_cold_load_seconds": round(cold, 3), "csv_cached_load_seconds": round(cached, 3)}
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {name: version(name) for name in PACKAGES},
-    }
-
-
 def main() -> None:
     args = parse_args()
     config = load_config(args.config)
@@ -134,7 +110,7 @@ def main() -> None:
     result = {
         "benchmark": "data: MIT-BIH dataset build, all 48 records",
         "command": " ".join(["python", *sys.argv]),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "figures": {
             "cold_build_seconds": [round(s, 3) for s in cold],
             "cold_build_median_seconds": round(statistics.median(cold), 3),
@@ -149,10 +125,7 @@ def main() -> None:
         "lead_substitutions": intra_summary["lead_substitutions"],
         "beat_symbols": dataset.info["beat_symbols"],
     }
-    text = json.dumps(result, indent=2) + "\n"
-    with atomic_write(args.output) as stream:
-        stream.write(text.encode())
-    print(text)
+    write_results(args.output, result)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ split: labels that agree and the largest logit difference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,18 +30,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime
 import torch
+from machine import machine, write_results
 
 from ecgtune.config import Config, load_config
 from ecgtune.data import load_dataset
-from ecgtune.data.files import atomic_write
 from ecgtune.export import Inputs, ServedClassifier, beat_inputs, synthetic_inputs
 from ecgtune.export.onnx import OnnxClassifier, check_parity, export_onnx
 from ecgtune.models import build_model
 from ecgtune.training import train_model
 
+PACKAGES = ("torch", "onnxruntime", "onnx", "numpy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LARGE_BATCH = 2048
 CLASSES = ("N", "S", "V", "F", "Q")
@@ -162,18 +159,6 @@ def measure_parity(config: Config, args: argparse.Namespace, folder: Path) -> di
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def main() -> None:
     args = parse_args()
     config = load_config(args.config)
@@ -187,16 +172,13 @@ def main() -> None:
     results = {
         "command": " ".join(["python", *sys.argv]),
         "measured_at": datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
         "speed": speed,
         "parity": parity,
     }
-    text = json.dumps(results, indent=2)
-    with atomic_write(args.output) as stream:
-        stream.write(text.encode("utf-8"))
-    print(text)
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,19 @@ each evaluation, per seed, then the mean over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from hyperopt import Trials
+from machine import machine, write_results
 
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
-from ecgtune.data.files import atomic_write
 from ecgtune.search.loop import finished_rows
 from ecgtune.search.store import TRIALS_FILE, TrialStore
 
@@ -130,16 +127,6 @@ def summarise(curves: list[list[float]]) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {name: version(name) for name in PACKAGES},
-    }
-
-
 def main() -> None:
     args = parse_args()
     args.raw_dir, args.output = args.raw_dir.resolve(), args.output.resolve()  # before chdir
@@ -161,7 +148,7 @@ def main() -> None:
         "benchmark": "search: best validation macro-F1 after each evaluation, same budget",
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "problem": {
             "records": RECORDS,
             "max_beats_per_record": 600,
@@ -176,8 +163,7 @@ def main() -> None:
         "search_seconds": seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    with atomic_write(args.output) as stream:
-        stream.write(json.dumps(result, indent=2).encode("utf-8"))
+    write_results(args.output, result)
     for name, figures in summary.items():
         spread = figures["final_best_stdev"]
         print(f"{name}: final best {figures['final_best_mean']:.4f} (stdev {spread})")

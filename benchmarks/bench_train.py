@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,14 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from machine import machine, write_results
 
 from ecgtune.commands.train import train_command
 from ecgtune.config import Config, load_config
 from ecgtune.data import load_dataset
 from ecgtune.data.dataset import Dataset
-from ecgtune.data.files import atomic_write
 from ecgtune.models import build_model
 from ecgtune.training import (
     TrainingObserver,
@@ -49,6 +47,7 @@ from ecgtune.training import (
     train_model,
 )
 
+PACKAGES = ("torch", "numpy")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 THROUGHPUT_RECORDS = ["100", "106", "119", "200", "208", "209", "221", "232"]
 
@@ -186,18 +185,6 @@ def measure_quality(config: Config) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
 def main() -> None:
     """Measure the parts asked for; the other part already in ``--output`` is kept, so each
     part carries its own command, machine and date."""
@@ -207,16 +194,13 @@ def main() -> None:
     about = {
         "command": " ".join(["python", *sys.argv]),
         "measured_at": datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
     }
     if not args.no_throughput:
         results["throughput"] = about | measure_throughput(config, args)
     if args.quality:
         results["quality"] = about | measure_quality(config)
-    text = json.dumps(results, indent=2)
-    with atomic_write(args.output) as stream:
-        stream.write(text.encode("utf-8"))
-    print(text)
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":

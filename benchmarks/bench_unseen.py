@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,17 +29,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import redirect_stdout
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine, write_results
 
 from ecgtune.cli import main as cli_main
 from ecgtune.config import load_config
 from ecgtune.data import load_dataset
 from ecgtune.data.detect import detect_beats
-from ecgtune.data.files import atomic_write
 from ecgtune.data.records import read_named_lead
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ecgtune.training import train_model
@@ -123,26 +121,6 @@ def record_copy(raw_dir: Path, folder: Path) -> Path:
     return folder / PREDICTED_RECORD
 
 
-def machine(threads: int) -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or platform.machine(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "torch_threads": threads,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {name: version(name) for name in PACKAGES},
-    }
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -173,7 +151,7 @@ def main() -> None:
     result = {
         "benchmark": "unseen data: evaluate --database (all of mitdb), predict with XQRS",
         "command": " ".join(["python", *sys.argv]),
-        "machine": machine(args.threads),
+        "machine": machine(PACKAGES, torch_threads=args.threads),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "model": {
@@ -185,10 +163,7 @@ def main() -> None:
         "evaluate": evaluate,
         "predict": predict,
     }
-    text = json.dumps(result, indent=2) + "\n"
-    with atomic_write(args.output) as stream:
-        stream.write(text.encode())
-    print(text)
+    write_results(args.output, result)
 
 
 if __name__ == "__main__":
