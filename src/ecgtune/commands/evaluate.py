@@ -15,7 +15,7 @@ database, with AAMI Se/+P of S and V, and the same figures per record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -33,6 +33,7 @@ from ecgtune.console.evaluation import aami_summary, record_progress, record_tab
 from ecgtune.console.training import metrics_table
 from ecgtune.data import load_dataset
 from ecgtune.data.build import pool_record_beats
+from ecgtune.data.dataset import BeatSet
 from ecgtune.data.wfdb_database import (
     CutRecord,
     LeadChoice,
@@ -112,7 +113,7 @@ def evaluate_database_command(
     with record_progress(console) as progress:
         for name in progress.track(names, description="records"):
             cut = cut_record(database.folder / name, choice, config.data, annotator)
-            predicted = beat_probabilities(model, cut).argmax(axis=1)
+            predicted = torch_classifier(model)(pool_record_beats([cut.beats])).argmax(axis=1)
             rows.append(record_row(name, cut, confusion_of(cut.beats.labels, predicted)))
     total = np.array([row["confusion_matrix"] for row in rows], dtype=np.int64).sum(axis=0)
     metrics = metrics_from_confusion(total, AAMI_CLASSES)
@@ -152,10 +153,13 @@ def load_aami_model(run_dir: Path) -> tuple[nn.Module, Config, Path]:
     return model.float(), config, checkpoint
 
 
-def beat_probabilities(model: nn.Module, cut: CutRecord) -> NDArray[np.float32]:
-    """Class probabilities of every beat of a record, ``(beats, 5)``; the beats become a
-    :class:`~ecgtune.data.dataset.BeatSet` as the training build pools them."""
-    return predict_proba(model, pool_record_beats([cut.beats]))
+Classifier = Callable[[BeatSet], NDArray[np.float32]]
+"""Class probabilities ``(beats, 5)`` of a set of beats."""
+
+
+def torch_classifier(model: nn.Module) -> Classifier:
+    """The saved model on the CPU in fp32 (:func:`~ecgtune.training.predict_proba`)."""
+    return lambda beats: predict_proba(model, beats)
 
 
 def confusion_of(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> NDArray[np.int64]:

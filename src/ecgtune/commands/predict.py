@@ -20,28 +20,25 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import wfdb
 from numpy.typing import NDArray
-from torch import nn
 
 from ecgtune.commands.common import check_writable
-from ecgtune.commands.evaluate import load_aami_model
+from ecgtune.commands.evaluate import Classifier, load_aami_model, torch_classifier
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
 from ecgtune.console.evaluation import class_count_table, record_progress
 from ecgtune.data.build import pool_record_beats
-from ecgtune.data.dataset import BeatSet
 from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
 from ecgtune.data.wfdb_database import CutRecord, LeadChoice, cut_record
 from ecgtune.errors import DataError, UserError
 from ecgtune.export.onnx import OnnxClassifier
-from ecgtune.training import predict_proba
 
 ANNOTATION_EXTENSION = "ecgtune"
 CSV_COLUMNS = ("sample", "time_s", "label", *(f"p_{name}" for name in AAMI_CLASSES))
@@ -86,14 +83,6 @@ def predict_command(
     folders = sorted({str(target.parent) for target in targets})
     console.print(f"Wrote RECORD.{ANNOTATION_EXTENSION} and RECORD.csv in {', '.join(folders)}")
     return 0
-
-
-Classifier = Callable[[BeatSet], NDArray[np.float32]]
-"""Class probabilities ``(beats, 5)`` of a set of beats."""
-
-
-def torch_classifier(model: nn.Module) -> Classifier:
-    return lambda beats: predict_proba(model, beats)
 
 
 def onnx_classifier(path: Path) -> Classifier:

@@ -293,7 +293,7 @@ class TrialRunner:
         self.observer.trial_ended(TrialOutcome(row, result))
         return {
             "status": STATUS_OK,
-            "loss": score if minimises(self.objective) else -score,
+            "loss": self.hyperopt_loss(result),
             "row": asdict(row),
             "best_epoch": result.best_epoch,
             "valid": result.best_valid,
@@ -302,10 +302,15 @@ class TrialRunner:
 
     def keep_if_best(self, number: int, config: Config, result: TrainResult) -> None:
         """Save the trial's model when it beats every earlier trial (no retraining later)."""
-        score = result.best_valid[self.objective]
-        loss = score if minimises(self.objective) else -score
-        if loss < min((v for v in self.trials.losses() if v is not None), default=math.inf):
+        if self.hyperopt_loss(result) < min(
+            (v for v in self.trials.losses() if v is not None), default=math.inf
+        ):
             save_checkpoint(self.store.checkpoint(number), result.model, config, result.class_names)
+
+    def hyperopt_loss(self, result: TrainResult) -> float:
+        """The trial's best objective as the loss hyperopt minimises."""
+        score = result.best_valid[self.objective]
+        return score if minimises(self.objective) else -score
 
     def end_quietly(self, row: TrialRow) -> None:
         """Tell every observer the trial ended while the search itself is ending; a second
