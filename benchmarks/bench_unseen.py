@@ -39,7 +39,7 @@ from ecgtune.cli import main as cli_main
 from ecgtune.config import load_config
 from ecgtune.data import load_dataset
 from ecgtune.data.detect import detect_beats
-from ecgtune.data.records import read_named_lead
+from ecgtune.data.records import read_named_leads
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ecgtune.training import train_model
 
@@ -138,7 +138,7 @@ def main() -> None:
 
         record = record_copy(args.raw_dir, scratch)
         predict = figures(["predict", str(run_dir), str(record), "--out", str(scratch)], args)
-        lead = read_named_lead(record, config.data.lead, first_channel=False)
+        lead = read_named_leads(record, config.data.leads, first_channel=False)[0]
         duration = lead.signal.size / lead.fs
         detection = timed(lambda: detect_beats(PREDICTED_RECORD, lead), args.repeats)
         for key in ("new_process", "in_process"):

@@ -25,7 +25,7 @@ from ecgtune.config import Config, DataConfig, validate_config
 from ecgtune.data import load_dataset
 from ecgtune.data.beats import RR_COLUMNS, RecordBeats, segment_record
 from ecgtune.data.cache import cache_key
-from ecgtune.data.records import Annotations, Lead, read_annotations, read_lead
+from ecgtune.data.records import Annotations, Lead, read_annotations, read_named_leads
 from ecgtune.errors import ConfigError
 from ecgtune.models import build_model
 from ecgtune.training import train_model
@@ -40,9 +40,8 @@ BEAT_SYMBOLS = set("NLRejAaJSVEF/fQ")
 
 def beats_of(mitdb_dir: Path, record: str, **data: Any) -> RecordBeats:
     config = DataConfig.model_validate(data)
-    lead = read_lead(mitdb_dir, record, config)
-    assert lead is not None
-    return segment_record(record, lead, read_annotations(mitdb_dir, record), config)
+    (lead,) = read_named_leads(mitdb_dir / record, config.leads, first_channel=True)
+    return segment_record(record, [lead], read_annotations(mitdb_dir, record), config)
 
 
 def record_100(mitdb_dir: Path) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
@@ -114,18 +113,17 @@ def test_z_scores_ignore_a_spike_that_rescales_a_min_max_window(mitdb_dir: Path)
     """One artefact sample 3 s before a beat, in its 10-s window, changes the min-max beat
     entirely and the beat's z-score not at all."""
     config = DataConfig.model_validate({**CENTRED, "normalise": "beat_zscore"})
-    lead = read_lead(mitdb_dir, "100", config)
-    assert lead is not None
+    (lead,) = read_named_leads(mitdb_dir / "100", config.leads, first_channel=True)
     annotations = read_annotations(mitdb_dir, "100")
-    peaks = segment_record("100", lead, annotations, config).samples
+    peaks = segment_record("100", [lead], annotations, config).samples
     k = int(np.flatnonzero(peaks % 3600 > 5 * 360)[0])  # 5 s into its window
     spiked = lead.signal.copy()
     spiked[peaks[k] - 3 * 360] += 20_000
     changes = {}
     for normalise in ("window_minmax", "beat_zscore"):
         rules = config.model_copy(update={"normalise": normalise})
-        clean = segment_record("100", lead, annotations, rules).signals[k]
-        spike = segment_record("100", _with_signal(lead, spiked), annotations, rules).signals[k]
+        clean = segment_record("100", [lead], annotations, rules).signals[k]
+        spike = segment_record("100", [_with_signal(lead, spiked)], annotations, rules).signals[k]
         changes[normalise] = np.abs(spike - clean).max() / np.abs(clean).max()
     assert changes["window_minmax"] > 0.5 and changes["beat_zscore"] < 1e-6
 
@@ -139,14 +137,13 @@ def test_a_flat_signal_gives_zero_beats_not_noise() -> None:
     annotations = Annotations(np.array([720, 1080, 1440, 1800]), np.array(["N"] * 4))
     for normalise in ("beat_zscore", "window_zscore"):
         config = DataConfig.model_validate({**CENTRED, "normalise": normalise})
-        beats = segment_record("flat", lead, annotations, config)
+        beats = segment_record("flat", [lead], annotations, config)
         assert np.array_equal(beats.signals, np.zeros((4, 188), dtype=np.float32))
 
 
 @pytest.mark.parametrize("baseline", ["median", "highpass"])
 def test_baseline_removal_takes_out_a_slow_wander(mitdb_dir: Path, baseline: str) -> None:
-    lead = read_lead(mitdb_dir, "100", DataConfig())
-    assert lead is not None
+    (lead,) = read_named_leads(mitdb_dir / "100", ["MLII"], first_channel=False)
     annotations = read_annotations(mitdb_dir, "100")
     seconds = np.arange(lead.signal.size) / 360
     wandering = _with_signal(lead, lead.signal + 300 * np.sin(2 * np.pi * 0.2 * seconds))
@@ -155,8 +152,8 @@ def test_baseline_removal_takes_out_a_slow_wander(mitdb_dir: Path, baseline: str
         config = DataConfig.model_validate(
             {**CENTRED, "normalise": "beat_zscore", "baseline": option}
         )
-        clean = segment_record("100", lead, annotations, config).signals
-        moved = segment_record("100", wandering, annotations, config).signals
+        clean = segment_record("100", [lead], annotations, config).signals
+        moved = segment_record("100", [wandering], annotations, config).signals
         errors[option] = np.abs(moved - clean).mean()
     assert errors["none"] > 0.5 and errors[baseline] < errors["none"] / 4
 
@@ -178,7 +175,7 @@ def test_rr_columns_on_a_short_annotation_list() -> None:
     # Intervals 0.8 0.8 0.4 1.2 0.8 s: record mean 0.8; local mean over the last 2 intervals.
     lead, annotations = synthetic_record([0.8, 0.8, 0.4, 1.2, 0.8])
     config = DataConfig.model_validate({"rr_local_beats": 2})
-    rr = segment_record("synthetic", lead, annotations, config).rr
+    rr = segment_record("synthetic", [lead], annotations, config).rr
     local = [0.8, 0.8, 0.8, 0.6, 0.8, 1.0]  # beat 0 borrows; beat 1: one interval; then two
     previous = [0.8, 0.8, 0.8, 0.4, 1.2, 0.8]
     following = [0.8, 0.8, 0.4, 1.2, 0.8, 0.8]
@@ -218,14 +215,15 @@ def test_the_local_mean_rr_is_causal(mitdb_dir: Path) -> None:
     """Moving beat 1000 later (its two intervals keep their sum, so the record's mean RR stays)
     changes no feature of the beats before 999, whose intervals all end before it."""
     config = DataConfig()
-    lead = read_lead(mitdb_dir, "100", config)
-    assert lead is not None
+    (lead,) = read_named_leads(mitdb_dir / "100", config.leads, first_channel=True)
     annotations = read_annotations(mitdb_dir, "100")
     is_beat = np.isin(annotations.symbols, list(BEAT_SYMBOLS))
     moved_samples = annotations.samples.copy()
     moved_samples[np.flatnonzero(is_beat)[1000]] += 30
-    before = segment_record("100", lead, annotations, config).rr
-    after = segment_record("100", lead, Annotations(moved_samples, annotations.symbols), config).rr
+    before = segment_record("100", [lead], annotations, config).rr
+    after = segment_record(
+        "100", [lead], Annotations(moved_samples, annotations.symbols), config
+    ).rr
     np.testing.assert_array_equal(after[:999], before[:999])
     local = RR_COLUMNS.index("rr_local_by_record")
     assert after[1000, local] != before[1000, local]

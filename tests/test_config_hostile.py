@@ -89,8 +89,8 @@ def test_dotted_keys_get_set_and_flatten() -> None:
 
 def test_setting_below_a_value_is_refused_not_overwritten() -> None:
     raw: dict[str, Any] = {"data": 5}
-    with pytest.raises(ConfigError, match=r"cannot set 'data.lead': data = 5 is a value"):
-        set_dotted(raw, "data.lead", "V1")
+    with pytest.raises(ConfigError, match=r"cannot set 'data.leads': data = 5 is a value"):
+        set_dotted(raw, "data.leads", ["V1"])
     assert raw == {"data": 5}
 
 
@@ -135,24 +135,24 @@ def test_overrides_are_toml_values_applied_before_validation(tmp_path: Path) -> 
     overrides = [
         "training.epochs=2",
         'data.records=["100", "101"]',
-        "data.lead=V1",
+        "data.missing_lead=skip",
         "training.lr = 1e-4",
         "model.se_blocks=false",
     ]
     config = load_config(path, overrides)
     assert config.training.epochs == 2
     assert config.data.records == ["100", "101"]
-    assert config.data.lead == "V1"
+    assert config.data.missing_lead == "skip"
     assert config.training.lr == pytest.approx(1e-4)
     assert config.model.se_blocks is False
     assert parse_overrides(overrides) == {
         "training.epochs": 2,
         "data.records": ["100", "101"],
-        "data.lead": "V1",
+        "data.missing_lead": "skip",
         "training.lr": 1e-4,
         "model.se_blocks": False,
     }
-    assert load_config(path, ['data.lead="V2"']).data.lead == "V2"
+    assert load_config(path, ['data.leads=["V2"]']).data.leads == ["V2"]
     assert load_config(path, ["training.epochs=3", "training.epochs=4"]).training.epochs == 4
 
 
@@ -406,7 +406,7 @@ def test_experiment_names_with_dots_and_unicode_are_fine() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"lead": "II"}, "data.lead = 'II': mitdb leads are MLII, V1, V2, V4, V5"),
+        ({"leads": ["II"]}, "data.leads = ['II']: unknown lead 'II'; mitdb leads are MLII, V1, V2"),
         ({"records": []}, "data.records = []: give at least one record, or leave the key out"),
         ({"records": ["100", "110"]}, "data.records: unknown records ['110']; valid names: 100,"),
         (
@@ -426,9 +426,9 @@ def test_mitdb_names_are_checked_by_the_schema(data: dict[str, Any], expected: s
 def test_every_mitdb_record_and_lead_is_accepted(mitdb_dir: Path) -> None:
     on_disk = sorted(path.stem for path in mitdb_dir.glob("*.hea"))
     assert len(on_disk) == 48
-    for lead in ("MLII", "V1", "V2", "V4", "V5"):
-        assert validate_config({"data": {"records": on_disk, "lead": lead}}).data.lead == lead
-    assert validate_config({"data": {"source": "csv", "train_files": ["x.csv"], "lead": "II"}})
+    for leads in (["MLII"], ["V1"], ["V2"], ["V4"], ["V5"], ["MLII", "V1"], ["V5", "V2"]):
+        assert validate_config({"data": {"records": on_disk, "leads": leads}}).data.leads == leads
+    assert validate_config({"data": {"source": "csv", "train_files": ["x.csv"], "leads": ["II"]}})
 
 
 def test_unknown_records_exit_2_before_any_download(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from scipy.signal import resample_poly
 from ecgtune.config import Config, DataConfig
 from ecgtune.data import load_dataset
 from ecgtune.data.beats import RecordBeats, segment_record
-from ecgtune.data.records import read_annotations, read_lead
+from ecgtune.data.records import read_annotations, read_named_leads
 
 # DESIGN.md's AAMI mapping, written out independently of the code under test.
 AAMI = {"N": "NLRej", "S": "AaJS", "V": "VE", "F": "F", "Q": "/fQ"}
@@ -23,9 +23,8 @@ CLASS_OF = {symbol: index for index, symbols in enumerate(AAMI.values()) for sym
 
 def beats_of(mitdb_dir: Path, record: str, **data: object) -> RecordBeats:
     config = DataConfig.model_validate(data)
-    lead = read_lead(mitdb_dir, record, config)
-    assert lead is not None
-    return segment_record(record, lead, read_annotations(mitdb_dir, record), config)
+    leads = read_named_leads(mitdb_dir / record, config.leads, first_channel=True)
+    return segment_record(record, leads, read_annotations(mitdb_dir, record), config)
 
 
 def annotated_beats(mitdb_dir: Path, record: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -106,11 +105,10 @@ def test_max_beats_per_record_keeps_the_first_beats_unchanged(mitdb_dir: Path) -
 def test_lead_is_chosen_by_name_not_position(mitdb_dir: Path) -> None:
     raw = wfdb.rdrecord(str(mitdb_dir / "114"), physical=False)
     assert raw.sig_name == ["V5", "MLII"]
-    lead = read_lead(mitdb_dir, "114", DataConfig())
-    assert lead is not None and lead.name == "MLII"
+    (lead,) = read_named_leads(mitdb_dir / "114", ["MLII"], first_channel=False)
+    assert lead.name == "MLII"
     np.testing.assert_array_equal(lead.signal, raw.d_signal[:, 1])
-    v5 = read_lead(mitdb_dir, "114", DataConfig(lead="V5"))
-    assert v5 is not None
+    (v5,) = read_named_leads(mitdb_dir / "114", ["V5"], first_channel=False)
     np.testing.assert_array_equal(v5.signal, raw.d_signal[:, 0])
 
 
@@ -123,7 +121,7 @@ def test_records_without_mlii_follow_the_missing_lead_rule(
     info = dataset.info
     records = sorted({r for split in info["records"].values() for r in split})
     if rule == "first_channel":
-        assert info["lead_substitutions"] == {"102": "V5"}
+        assert info["lead_substitutions"] == {"102": {"MLII": "V5"}}
         assert records == ["102", "114", "119"]
         assert info["dropped_beats"]["beyond data.max_beats_per_record"] > 0
     else:

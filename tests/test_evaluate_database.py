@@ -31,7 +31,7 @@ from ecgtune.config import validate_config
 from ecgtune.data import load_dataset
 from ecgtune.data.beats import segment_record
 from ecgtune.data.build import pool_record_beats
-from ecgtune.data.records import read_annotations, read_named_lead
+from ecgtune.data.records import read_annotations, read_named_leads
 from ecgtune.models import build_model
 from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.training import beats_to_tensors, train_model
@@ -115,8 +115,8 @@ def own_probabilities(run_dir: Path, folder: Path, record: str) -> NDArray[np.fl
     trainer does, one plain forward pass in fp32."""
     model, config, _ = load_checkpoint(run_dir / "best_model.pt")
     rules = config.data.model_copy(update={"max_beats_per_record": None})
-    lead = read_named_lead(folder / record, "MLII", first_channel=False)
-    beats = segment_record(record, lead, read_annotations(folder, record), rules)
+    leads = read_named_leads(folder / record, config.data.leads, first_channel=False)
+    beats = segment_record(record, leads, read_annotations(folder, record), rules)
     signals, rr, _ = beats_to_tensors(pool_record_beats([beats]), torch.device("cpu"))
     with torch.no_grad():
         probabilities: NDArray[np.float32] = torch.softmax(model(signals, rr), dim=1).numpy()
@@ -164,7 +164,7 @@ def test_every_beat_counted_and_figures_agree_with_own_confusion_matrix(
         predicted = own_probabilities(run_dir, other_db, record).argmax(axis=1)
         own = confusion_matrix(truth, predicted, labels=range(5))
         row = rows[record]
-        assert (row["lead"], row["fs"], row["beats"]) == ("MLII", fs, truth.size)
+        assert (row["leads"], row["fs"], row["beats"]) == (["MLII"], fs, truth.size)
         np.testing.assert_array_equal(row["confusion_matrix"], own)
         assert (row["se_S"], row["ppv_S"]) == pytest.approx(se_ppv(own, S))
         assert (row["se_V"], row["ppv_V"]) == pytest.approx(se_ppv(own, V))
@@ -212,7 +212,7 @@ def test_the_model_s_lead_is_found_by_name_or_the_first_channel_on_request(
     assert main(args) == 0
     assert "record 102: no MLII lead, used V5" in capsys.readouterr().out
     (row,) = evaluation(run_dir, "mitdb")["records"]
-    assert (row["record"], row["lead"], row["beats"]) == ("102", "V5", 2187)
+    assert (row["record"], row["leads"], row["beats"]) == ("102", ["V5"], 2187)
 
 
 def test_a_model_trained_for_a_gpu_in_fp16_evaluates_on_the_cpu_in_fp32(

@@ -134,7 +134,7 @@ def test_sidecar_says_how_to_cut_and_feed_a_beat(exported: TrainedRun) -> None:
     selected = rr_column_indices(exported.config.model.rr_features)
     assert spec["rr_columns"] == [RR_COLUMNS[index] for index in selected]
     rules = spec["beat_rules"]
-    for key in ("lead", "window", "beat_span", "normalise", "baseline", "rr_local_beats"):
+    for key in ("leads", "window", "beat_span", "normalise", "baseline", "rr_local_beats"):
         assert rules[key] == getattr(data, key), key
     assert not {"records", "raw_dir", "split", "cache_dir"} & set(rules)
     assert spec["model_file"] == ONNX_NAME

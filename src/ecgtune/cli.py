@@ -103,12 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_record_options(command: argparse.ArgumentParser) -> None:
-    """How ``evaluate --database`` and ``predict`` pick the lead of a record."""
-    command.add_argument("--lead", metavar="NAME", help="lead name (default: the model's lead)")
+    """How ``evaluate --database`` and ``predict`` pick the leads of a record."""
+    command.add_argument(
+        "--lead",
+        dest="leads",
+        action="append",
+        metavar="NAME",
+        help="lead name, once per model input channel, in channel order (--lead MLII --lead "
+        "V1; default: the model's data.leads)",
+    )
     command.add_argument(
         "--first-channel",
         action="store_true",
-        help="use a record's first channel when it lacks the lead (default: an error)",
+        help="a record lacking a lead reads its first channel not taken by another lead in "
+        "its place (default: an error)",
     )
 
 
@@ -157,7 +165,7 @@ def run_command(args: argparse.Namespace) -> int:
         return predict_command(
             args.run_dir,
             args.records,
-            args.lead,
+            args.leads,
             args.annotator,
             args.out,
             args.first_channel,
@@ -173,7 +181,7 @@ def run_command(args: argparse.Namespace) -> int:
         return evaluate_database_command(
             args.run_dir,
             args.database,
-            args.lead,
+            args.leads,
             args.records,
             args.annotator or "atr",
             args.first_channel,
@@ -207,7 +215,7 @@ def check_record_options(args: argparse.Namespace) -> None:
     options = {
         "--records": args.records,
         "--annotator": args.annotator,
-        "--lead": args.lead,
+        "--lead": args.leads,
         "--first-channel": args.first_channel,
     }
     given = [option for option, value in options.items() if value]

@@ -50,6 +50,10 @@ RRFeatures = Literal["none", "raw", "normalised", "all"]
 MAX_CLASSES = 256
 """Most classes a csv/parquet dataset may have (labels 0..255): a label far above the classes
 in use is a broken file, not a reason to size arrays by it."""
+MAX_LEADS = 12
+"""Most leads a beat may carry (a standard 12-lead ECG)."""
+MITDB_CHANNELS = 2
+"""Channels of every MIT-BIH record: MLII (or V5) and one of V1, V2, V4, V5."""
 MAX_SEED = 2**32 - 1
 """numpy's and torch's seeds are unsigned 32-bit."""
 THIRTY_DAYS_SECONDS = 30 * 24 * 3600
@@ -223,10 +227,17 @@ class DataConfig(Section):
     records: list[str] | None = Field(
         None, description="restrict the build to these records (default: all 48)"
     )
-    lead: str = Field("MLII", description="lead selected by its name in the header")
+    leads: list[str] = Field(
+        default_factory=lambda: ["MLII"],
+        min_length=1,
+        max_length=MAX_LEADS,
+        description="leads found by their names in the header, one input channel each, in "
+        'this order (["MLII", "V1"]: both leads of a mitdb record)',
+    )
     missing_lead: Literal["first_channel", "skip"] = Field(
         "first_channel",
-        description="records without the lead (102, 104): use their first channel, or skip them",
+        description="a record without one of the leads (102, 104 lack MLII): use its first "
+        "channel not taken by another of data.leads, or skip the record",
     )
     window_seconds: float = Field(
         10.0, gt=0, le=60, description="normalisation and median-RR window"
@@ -321,8 +332,17 @@ class DataConfig(Section):
     @property
     def input_channels(self) -> int:
         """Signal channels per beat, the one place that decides the models' input width: one
-        lead (``data.lead``) today, stored as ``BeatSet.signals`` of shape (n, beat_length)."""
-        return 1
+        per lead of ``data.leads``. ``BeatSet.signals`` are (n, beat_length) for one lead (the
+        Kachuee layout) and (n, channels, beat_length) for several."""
+        return len(self.leads)
+
+    @field_validator("leads")
+    @classmethod
+    def _unique_leads(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise _value_error(f"lead {repeated[0]!r} is given twice; each lead feeds one channel")
+        return value
 
     @model_validator(mode="after")
     def _check_mitdb_keys(self) -> Self:
@@ -333,11 +353,13 @@ class DataConfig(Section):
                 raise _rule_error(
                     f"{key} needs data.source = 'mitdb' (Kaggle files have no records)"
                 )
+            if len(self.leads) > 1:
+                raise _rule_error(
+                    f"data.leads = {self.leads}: {self.source} beat files hold one lead; give "
+                    f"one name"
+                )
             return self
-        if self.lead not in MITDB_LEADS:
-            raise _rule_error(
-                f"data.lead = {self.lead!r}: mitdb leads are {', '.join(MITDB_LEADS)}"
-            )
+        self._check_mitdb_leads()
         if self.records == []:
             raise _rule_error(
                 "data.records = []: give at least one record, or leave the key out for all 48"
@@ -349,6 +371,20 @@ class DataConfig(Section):
                 f"data.records: unknown records {unknown}; valid names: {', '.join(valid)}"
             )
         return self
+
+    def _check_mitdb_leads(self) -> None:
+        """Every lead is an MIT-BIH lead name, and at most two: a record holds two channels."""
+        unknown = [name for name in self.leads if name not in MITDB_LEADS]
+        if unknown:
+            raise _rule_error(
+                f"data.leads = {self.leads}: unknown lead {unknown[0]!r}; mitdb leads are "
+                f"{', '.join(MITDB_LEADS)}"
+            )
+        if len(self.leads) > MITDB_CHANNELS:
+            raise _rule_error(
+                f"data.leads = {self.leads}: mitdb records hold {MITDB_CHANNELS} channels; give "
+                f"at most {MITDB_CHANNELS} leads"
+            )
 
 
 def _is_http_url(value: str) -> bool:
@@ -914,7 +950,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     last wins), for :func:`load_config` to apply and for a run to record.
 
     VALUE is TOML (``2``, ``1e-3``, ``true``, ``["100", "101"]``, ``"V1"``); a bare word that
-    is not TOML is taken as a string (``data.lead=V1``). Keys are checked against the schema
+    is not TOML is taken as a string (``data.split=inter``). Keys are checked against the schema
     here, so a typo gets the same did-you-mean as in the file.
     """
     overrides: dict[str, Any] = {}

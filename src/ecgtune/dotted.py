@@ -25,7 +25,7 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """Put ``value`` at a dotted key, creating the sections on the way.
 
     A part of the path that holds a value instead of a section (``data = 5`` in the file,
-    then ``data.lead`` set) is a :class:`ConfigError`: replacing the value would hide it.
+    then ``data.split`` set) is a :class:`ConfigError`: replacing the value would hide it.
     """
     *sections, leaf = key.split(".")
     node = raw

@@ -37,6 +37,7 @@ from ecgtune.data.dataset import BeatSet
 from ecgtune.data.wfdb_database import (
     CutRecord,
     LeadChoice,
+    choose_leads,
     choose_records,
     cut_record,
     open_database,
@@ -95,33 +96,36 @@ def with_local_paths(saved: Config, local: Config, source: str) -> Config:
 def evaluate_database_command(
     run_dir: Path,
     database_dir: Path,
-    lead: str | None = None,
+    leads: Sequence[str] | None = None,
     records: Sequence[str] | None = None,
     annotator: str = "atr",
     first_channel: bool = False,
 ) -> int:
     """Evaluate ``run_dir/best_model.pt`` on every annotated beat of the records of a WFDB
-    database (``--records``: some of them); 0 when done."""
+    database (``--records``: some of them), read from ``leads`` (default: the model's); 0 when
+    done."""
     started = perf_counter()
     model, config, checkpoint = load_aami_model(run_dir)
+    choice = choose_leads(leads, config.data, first_channel)
     database = open_database(database_dir)
     names = choose_records(database, records)
     check_writable({"RUN_DIR": run_dir})
-    choice = LeadChoice(lead or config.data.lead, first_channel)
     console = make_console()
     rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     with record_progress(console) as progress:
         for name in progress.track(names, description="records"):
             cut = cut_record(database.folder / name, choice, config.data, annotator)
             predicted = torch_classifier(model)(pool_record_beats([cut.beats])).argmax(axis=1)
             rows.append(record_row(name, cut, confusion_of(cut.beats.labels, predicted)))
+            notes.extend(stand_in_notes(name, cut, choice))
     total = np.array([row["confusion_matrix"] for row in rows], dtype=np.int64).sum(axis=0)
     metrics = metrics_from_confusion(total, AAMI_CLASSES)
     json_name, figure_name = (f"evaluation-{database.name}.{ext}" for ext in ("json", "png"))
     extra = {
         "database": str(database.folder),
         "checkpoint": str(checkpoint),
-        "lead": choice.name,
+        "leads": list(choice.names),
         "first_channel": first_channel,
         "annotator": annotator,
         "target_hz": config.data.target_hz,
@@ -133,9 +137,8 @@ def evaluate_database_command(
     title = f"{database.name}: {metrics.n_beats} beats, {len(rows)} records"
     console.print(metrics_table(metrics, title=title))
     console.print(aami_summary(metrics.aami()))
-    for row in rows:
-        if row["lead"] != choice.name:
-            console.print(f"record {row['record']}: no {choice.name} lead, used {row['lead']}")
+    for note in notes:
+        console.print(note)
     console.print(f"Wrote {run_dir / json_name} and {figure_name} (report.json is left as it was)")
     return 0
 
@@ -170,12 +173,21 @@ def confusion_of(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> NDA
     return matrix
 
 
+def stand_in_notes(name: str, cut: CutRecord, choice: LeadChoice) -> list[str]:
+    """One line per lead the record lacked, naming the lead read in its place."""
+    return [
+        f"record {name}: no {wanted} lead, used {used}"
+        for wanted, used in cut.stand_ins(choice).items()
+    ]
+
+
 def record_row(name: str, cut: CutRecord, confusion: NDArray[np.int64]) -> dict[str, Any]:
-    """A record's line of the report: its lead and rate, beats, S and V Se/+P, the matrix."""
+    """A record's line of the report: the leads used (in channel order) and its rate, beats,
+    S and V Se/+P, the matrix."""
     return {
         "record": name,
-        "lead": cut.lead.name,
-        "fs": cut.lead.fs,
+        "leads": [lead.name for lead in cut.leads],
+        "fs": cut.fs,
         "beats": int(confusion.sum()),
         **aami_figures(confusion),
         "confusion_matrix": confusion.tolist(),

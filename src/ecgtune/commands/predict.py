@@ -29,14 +29,19 @@ import wfdb
 from numpy.typing import NDArray
 
 from ecgtune.commands.common import check_writable
-from ecgtune.commands.evaluate import Classifier, load_aami_model, torch_classifier
+from ecgtune.commands.evaluate import (
+    Classifier,
+    load_aami_model,
+    stand_in_notes,
+    torch_classifier,
+)
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
 from ecgtune.console.evaluation import class_count_table, record_progress
 from ecgtune.data.build import pool_record_beats
 from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
-from ecgtune.data.wfdb_database import CutRecord, LeadChoice, cut_record
+from ecgtune.data.wfdb_database import CutRecord, choose_leads, cut_record
 from ecgtune.errors import DataError, UserError
 from ecgtune.export.onnx import OnnxClassifier
 
@@ -47,21 +52,23 @@ CSV_COLUMNS = ("sample", "time_s", "label", *(f"p_{name}" for name in AAMI_CLASS
 def predict_command(
     run_dir: Path,
     records: Sequence[Path],
-    lead: str | None = None,
+    leads: Sequence[str] | None = None,
     annotator: str | None = None,
     out: Path | None = None,
     first_channel: bool = False,
     onnx: Path | None = None,
 ) -> int:
-    """Label every beat of each record and write its ``.ecgtune`` and ``.csv``; 0 when done.
-    With ``onnx`` (a file written by ``export``) the beats go through ONNX Runtime instead of
-    torch; the beat rules still come from ``run_dir``'s model."""
+    """Label every beat of each record, read from ``leads`` (default: the model's), and write
+    its ``.ecgtune`` and ``.csv``; 0 when done. With ``onnx`` (a file written by ``export``)
+    the beats go through ONNX Runtime instead of torch; the beat rules still come from
+    ``run_dir``'s model."""
     model, config, _ = load_aami_model(run_dir)
+    choice = choose_leads(leads, config.data, first_channel)
     probabilities_of = onnx_classifier(onnx) if onnx is not None else torch_classifier(model)
     targets = output_targets(records, out)
-    choice = LeadChoice(lead or config.data.lead, first_channel)
     console = make_console()
     rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     with record_progress(console) as progress:
         for record, target in progress.track(
             list(zip(records, targets, strict=True)), description="records"
@@ -72,6 +79,7 @@ def predict_command(
             write_annotation_file(target, cut, predicted)
             write_csv(target, cut, probabilities, predicted)
             counts = np.bincount(predicted, minlength=len(AAMI_CLASSES)).tolist()
+            notes.extend(stand_in_notes(record.name, cut, choice))
             rows.append(
                 {
                     "record": record.name,
@@ -80,6 +88,8 @@ def predict_command(
                 }
             )
     console.print(class_count_table(rows))
+    for note in notes:
+        console.print(note)
     folders = sorted({str(target.parent) for target in targets})
     console.print(f"Wrote RECORD.{ANNOTATION_EXTENSION} and RECORD.csv in {', '.join(folders)}")
     return 0
@@ -134,7 +144,7 @@ def write_annotation_file(target: Path, cut: CutRecord, predicted: NDArray[np.in
             ANNOTATION_EXTENSION,
             sample=cut.beats.samples,
             symbol=symbols,
-            fs=cut.lead.fs,
+            fs=cut.fs,
             write_dir=scratch,
         )
         os.replace(
@@ -154,6 +164,6 @@ def write_csv(
     lines = [",".join(CSV_COLUMNS)]
     for sample, label, row in zip(samples, predicted, probabilities, strict=True):
         chances = ",".join(f"{p:.6f}" for p in row)
-        lines.append(f"{sample},{sample / cut.lead.fs:.3f},{AAMI_CLASSES[label]},{chances}")
+        lines.append(f"{sample},{sample / cut.fs:.3f},{AAMI_CLASSES[label]},{chances}")
     with atomic_write(target.with_name(f"{target.name}.csv")) as stream:
         stream.write(("\n".join(lines) + "\n").encode("utf-8"))

@@ -68,8 +68,9 @@ def render_data_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"dropped {count:,} beats: {reason}")
     for record, reason in summary["skipped_records"].items():
         console.print(f"skipped record {record}: {reason}")
-    for record, lead in summary["lead_substitutions"].items():
-        console.print(f"record {record}: no {summary['lead']} lead, used {lead}")
+    for record, stand_ins in summary["lead_substitutions"].items():
+        for wanted, used in stand_ins.items():
+            console.print(f"record {record}: no {wanted} lead, used {used}")
     if summary["from_cache"]:
         console.print(
             f"loaded from cache in {summary['seconds']:.2f} s (built in "

@@ -32,17 +32,17 @@ def record_progress(console: Console) -> Progress:
 
 
 def record_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    """One line per record of an evaluation: lead, rate, beats, then S and V beats, Se and
+    """One line per record of an evaluation: leads, rate, beats, then S and V beats, Se and
     +P ("-" where undefined: no beats of the class, or none predicted as it)."""
     table = Table(title=title, title_justify="left")
-    for column in ("record", "lead", "Hz", "beats", "S", "S Se", "S +P", "V", "V Se", "V +P"):
-        table.add_column(column, justify="left" if column in ("record", "lead") else "right")
+    for column in ("record", "leads", "Hz", "beats", "S", "S Se", "S +P", "V", "V Se", "V +P"):
+        table.add_column(column, justify="left" if column in ("record", "leads") else "right")
     s, v = AAMI_CLASSES.index("S"), AAMI_CLASSES.index("V")
     for row in rows:
         confusion = row["confusion_matrix"]
         table.add_row(
             row["record"],
-            row["lead"],
+            " ".join(row["leads"]),
             f"{row['fs']:g}",
             f"{row['beats']:,}",
             f"{sum(confusion[s]):,}",

@@ -8,11 +8,14 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   beats. ``B``, ``n``, ``r`` and ``?`` follow the usual AAMI convention (N, S, V, Q) for
   completeness but never occur in mitdb 1.0.0, so the counts equal those of DESIGN.md's
   mapping: N 90,631, S 2,781, V 7,236, F 803, Q 8,043 (109,494 beats).
-* **Signal.** The lead is resampled from the record's rate to ``target_hz`` with
-  ``resample_poly`` (``padtype="line"``: the record's DC offset causes no filter transient at
-  its ends). ``data.baseline`` then optionally removes the baseline wander from the whole
-  record: ``median`` subtracts a 200 ms then 600 ms median filter of the signal (de Chazal et
-  al. 2004), ``highpass`` runs a zero-phase 2nd-order Butterworth high-pass at 0.5 Hz.
+* **Signal.** Each lead (``data.leads``) is resampled from the record's rate to
+  ``target_hz`` with ``resample_poly`` (``padtype="line"``: the record's DC offset causes no
+  filter transient at its ends). ``data.baseline`` then optionally removes the baseline wander
+  from the whole record: ``median`` subtracts a 200 ms then 600 ms median filter of the signal
+  (de Chazal et al. 2004), ``highpass`` runs a zero-phase 2nd-order Butterworth high-pass at
+  0.5 Hz. Every lead goes through this and the rules below on its own (its own windows,
+  extremes and flat threshold), at the same beats; the leads' beats are then stacked: a beat
+  is (beat_length,) for one lead, the Kachuee layout, and (leads, beat_length) for several.
 * **R peak.** The annotation sample mapped to ``target_hz`` and rounded.
 * **Window** (``data.window``). ``kachuee``: a beat starts at its R peak and spans
   ``beat_span`` x the median RR interval of its ``window_seconds`` window (RR between
@@ -48,6 +51,7 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +105,9 @@ deviation of tens of ADC units at levels of about 1,000)."""
 
 @dataclass(frozen=True)
 class RecordBeats:
-    """The beats of one record, row-aligned; ``samples`` are the R peaks at the record's rate,
-    ``rr`` has one column per :data:`RR_COLUMNS` entry."""
+    """The beats of one record, row-aligned; ``signals`` are (n, beat_length) for one lead and
+    (n, leads, beat_length) for several, ``samples`` the R peaks at the record's rate, ``rr``
+    has one column per :data:`RR_COLUMNS` entry."""
 
     record: str
     signals: NDArray[np.float32]
@@ -128,33 +133,43 @@ def rr_column_indices(selection: RRFeatures) -> list[int]:
 
 
 def segment_record(
-    record: str, lead: Lead, annotations: Annotations, config: DataConfig
+    record: str, leads: Sequence[Lead], annotations: Annotations, config: DataConfig
 ) -> RecordBeats:
-    """Cut every annotated beat of a record (rules in the module docstring)."""
+    """Cut every annotated beat of a record from each of its ``leads`` (rules in the module
+    docstring); the leads share the record's rate."""
     labels = aami_labels(annotations.symbols)
     is_beat = labels >= 0
     samples = annotations.samples[is_beat]
     if samples.size < 2:
         raise DataError(f"record {record}: fewer than two beat annotations, no RR interval")
-    signal = resample_poly(lead.signal, config.target_hz, round(lead.fs), padtype="line")
-    signal = remove_baseline(signal, config)
-    peaks = np.minimum(np.rint(samples * config.target_hz / lead.fs), signal.size - 1)
-    peaks = peaks.astype(np.int64)
-    rr = np.diff(samples) / lead.fs
-    starts, spans = beat_extents(signal.size, peaks, rr, config)
-    values, inside = read_beats(signal, starts, spans, config.beat_length)
-    flat_std = FLAT_FRACTION * float(np.abs(lead.signal).max())
-    normalised = normalise_beats(values, inside, signal, peaks, config, flat_std)
-    beats = np.where(inside, normalised, 0.0)
+    rr = np.diff(samples) / leads[0].fs
+    per_lead = [lead_beats(lead, samples, rr, config) for lead in leads]
+    signals = per_lead[0] if len(per_lead) == 1 else np.stack(per_lead, axis=1)
     keep = slice(0, config.max_beats_per_record)
     return RecordBeats(
         record=record,
-        signals=beats.astype(np.float32)[keep],
+        signals=signals[keep],
         labels=labels[is_beat][keep],
         rr=rr_features(rr, config.rr_local_beats)[keep],
         samples=samples[keep],
         symbols=annotations.symbols[is_beat][keep],
     )
+
+
+def lead_beats(
+    lead: Lead, samples: NDArray[np.int64], rr: NDArray[np.float64], config: DataConfig
+) -> NDArray[np.float32]:
+    """The beats at ``samples`` (R peaks at the record's rate) cut from one lead, resampled,
+    baseline-removed and normalised on their own: float32 (beats, beat_length)."""
+    signal = resample_poly(lead.signal, config.target_hz, round(lead.fs), padtype="line")
+    signal = remove_baseline(signal, config)
+    peaks = np.minimum(np.rint(samples * config.target_hz / lead.fs), signal.size - 1)
+    peaks = peaks.astype(np.int64)
+    starts, spans = beat_extents(signal.size, peaks, rr, config)
+    values, inside = read_beats(signal, starts, spans, config.beat_length)
+    flat_std = FLAT_FRACTION * float(np.abs(lead.signal).max())
+    normalised = normalise_beats(values, inside, signal, peaks, config, flat_std)
+    return np.where(inside, normalised, 0.0).astype(np.float32)
 
 
 def remove_baseline(signal: NDArray[np.float64], config: DataConfig) -> NDArray[np.float64]:

@@ -23,7 +23,7 @@ from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.kaggle import BeatFile, class_names_for, file_digests, read_beat_file
 from ecgtune.data.physionet import ensure_records
 from ecgtune.data.progress import DataProgress
-from ecgtune.data.records import read_annotations, read_lead
+from ecgtune.data.records import lead_substitutions, read_annotations, read_named_leads
 from ecgtune.data.splits import DS1, DS2, SplitIndex, carve_given_test, inter_split, intra_split
 from ecgtune.errors import ConfigError
 from ecgtune.mitdb import mitdb_record_names
@@ -93,7 +93,9 @@ def resolve_records(data: DataConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
-    """Beats of every record, then the intra or inter split."""
+    """Beats of every record from the leads of ``data.leads`` (a record lacking one: its
+    stand-in, or the record is skipped, as ``data.missing_lead`` says), then the intra or
+    inter split."""
     data = config.data
     parts: list[RecordBeats] = []
     dropped: Counter[str] = Counter()
@@ -102,14 +104,16 @@ def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
         for record in progress.track(inputs.records, description="records"):
             annotations = read_annotations(data.raw_dir, record)
             n_beats = int(np.count_nonzero(aami_labels(annotations.symbols) >= 0))
-            lead = read_lead(data.raw_dir, record, data)
-            if lead is None:
-                skipped[record] = f"no {data.lead} lead (data.missing_lead = 'skip')"
-                dropped[f"record without {data.lead} (data.missing_lead = 'skip')"] += n_beats
+            leads = read_named_leads(data.raw_dir / record, data.leads, first_channel=True)
+            stand_ins = lead_substitutions(data.leads, leads)
+            if stand_ins and data.missing_lead == "skip":
+                missing = ", ".join(stand_ins)
+                skipped[record] = f"no {missing} lead (data.missing_lead = 'skip')"
+                dropped[f"record without {missing} (data.missing_lead = 'skip')"] += n_beats
                 continue
-            if lead.name != data.lead:
-                substituted[record] = lead.name
-            parts.append(segment_record(record, lead, annotations, data))
+            if stand_ins:
+                substituted[record] = stand_ins
+            parts.append(segment_record(record, leads, annotations, data))
             dropped["beyond data.max_beats_per_record"] += n_beats - len(parts[-1])
     beats = pool_record_beats(parts)
     if data.split == "intra":
@@ -120,7 +124,7 @@ def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
     info = {
         "source": "mitdb",
         "split": data.split,
-        "lead": data.lead,
+        "leads": data.leads,
         "skipped_records": skipped,
         "lead_substitutions": substituted,
         "dropped_beats": {reason: count for reason, count in dropped.items() if count},

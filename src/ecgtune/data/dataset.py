@@ -13,11 +13,12 @@ from numpy.typing import NDArray
 class BeatSet:
     """Beats of one split, row-aligned arrays.
 
-    ``signals`` are float32 (n, beat_length), one lead (``DataConfig.input_channels``),
-    normalised as ``data.normalise`` says; ``labels`` int64 class indices; ``rr`` float32
-    (n, len(RR_COLUMNS)): the RR features of :data:`ecgtune.data.beats.RR_COLUMNS` (zeros where
-    the source has none, e.g. Kaggle files); ``records`` the source record of each beat (for
-    inter-patient splits; the file name for Kaggle files).
+    ``signals`` are float32 (n, beat_length) for one lead and (n, channels, beat_length) for
+    several (``DataConfig.input_channels``), normalised as ``data.normalise`` says; ``labels``
+    int64 class indices; ``rr`` float32 (n, len(RR_COLUMNS)): the RR features of
+    :data:`ecgtune.data.beats.RR_COLUMNS` (zeros where the source has none, e.g. Kaggle files);
+    ``records`` the source record of each beat (for inter-patient splits; the file name for
+    Kaggle files).
     """
 
     signals: NDArray[np.float32]

@@ -1,16 +1,21 @@
-"""Reading one WFDB record with wfdb: the chosen lead and the beat annotations.
+"""Reading one WFDB record with wfdb: the chosen leads and the beat annotations.
 
-Lead rule: the lead is found by its *name* in the header, never by position: record 114 stores
-MLII as its second channel. The name and what to do when a record lacks it are arguments, so
-that records of any WFDB database can be read (their leads may be ``II``, ``ECG1``...):
+Lead rule: a lead is found by its *name* in the header, never by position: record 114 stores
+MLII as its second channel. The names and what to do when a record lacks one are arguments,
+so that records of any WFDB database can be read (their leads may be ``II``, ``ECG1``...).
+:func:`lead_channels` decides, for every wanted lead in order, the channel it is read from:
+its own when the record holds it; otherwise, when asked to, the record's first channel not
+already taken by another wanted lead (by its own name or as an earlier stand-in). Record 100
+holds MLII and V5: with ``["MLII", "V1"]``, V5 stands in for V1; record 102 holds V5 and V2:
+MLII is read from V5 and V1 from V2.
 
-* the MIT-BIH build (:func:`read_lead`) takes them from ``data.lead`` and
-  ``data.missing_lead``. Records 102 and 104 have no MLII (their leads are V5 and V2, because
-  of surgical dressings); with ``"first_channel"`` (the default) their first channel (V5) is
-  used, as the Kaggle/Kachuee dataset evidently did (its 109,446 beats include theirs); with
-  ``"skip"`` they are left out;
-* a record of another database (:func:`read_named_lead`) either uses its first channel, when
-  asked to, or is refused with a one-line error that lists its leads.
+* The MIT-BIH build reads ``data.leads`` with the stand-ins and applies ``data.missing_lead``
+  itself (:mod:`ecgtune.data.build`): ``"first_channel"`` (the default) keeps the stand-ins,
+  as the Kaggle/Kachuee dataset evidently did for 102 and 104, which lack MLII (surgical
+  dressings; its 109,446 beats include theirs), ``"skip"`` leaves such a record out.
+* A record of another database (``evaluate --database``, ``predict``) uses the stand-ins only
+  when asked to (``--first-channel``); otherwise it is refused with a one-line error naming
+  the missing lead and the record's leads.
 
 A record that cannot be read (missing or malformed header or signal file, missing annotation
 file) is a :class:`~ecgtune.errors.DataError` naming the file.
@@ -18,6 +23,7 @@ file) is a :class:`~ecgtune.errors.DataError` naming the file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +31,6 @@ import numpy as np
 import wfdb
 from numpy.typing import NDArray
 
-from ecgtune.config import DataConfig
 from ecgtune.errors import DataError
 
 PHYSICAL_UNITS_PER_MV = {"mv": 1.0, "uv": 1000.0, "µv": 1000.0, "v": 0.001}
@@ -63,36 +68,43 @@ class Lead:
         return (self.signal - self.adc_zero) / self.adc_per_mv
 
 
-def lead_index(lead_names: list[str], lead: str, first_channel: bool) -> int | None:
-    """Channel of ``lead`` by name; the first channel when the record lacks it and
-    ``first_channel``, else None."""
-    if lead in lead_names:
-        return lead_names.index(lead)
-    return 0 if first_channel else None
+def lead_channels(
+    record_leads: Sequence[str], wanted: Sequence[str], first_channel: bool
+) -> list[int | None]:
+    """The channel each ``wanted`` lead is read from (module docstring): its own by name;
+    when the record lacks it and ``first_channel``, the first channel no other wanted lead
+    takes; None when the record lacks it and either no stand-in is allowed or none is left."""
+    own = [record_leads.index(name) if name in record_leads else None for name in wanted]
+    if not first_channel:
+        return own
+    free = [channel for channel in range(len(record_leads)) if channel not in own]
+    return [free.pop(0) if channel is None and free else channel for channel in own]
 
 
-def read_lead(raw_dir: Path, record: str, config: DataConfig) -> Lead | None:
-    """The MIT-BIH build's lead: ``data.lead``; None when the record lacks it and
-    ``data.missing_lead = "skip"``."""
-    signals = read_signals(raw_dir / record)
-    channel = lead_index(
-        list(signals.sig_name), config.lead, config.missing_lead == "first_channel"
-    )
-    return None if channel is None else lead_of(signals, channel)
-
-
-def read_named_lead(path: Path, lead: str, first_channel: bool) -> Lead:
-    """Lead ``lead`` of the record at ``path`` (no extension); its first channel when it lacks
-    it and ``first_channel``, else a one-line error naming the record's leads."""
+def read_named_leads(path: Path, names: Sequence[str], first_channel: bool) -> list[Lead]:
+    """Leads ``names`` of the record at ``path`` (no extension), in that order, each found as
+    :func:`lead_channels` says; a lead without a channel is a one-line error naming it and the
+    record's leads."""
     signals = read_signals(path)
-    names = [str(name) for name in signals.sig_name]
-    channel = lead_index(names, lead, first_channel)
-    if channel is None:
+    record_leads = [str(name) for name in signals.sig_name]
+    channels = lead_channels(record_leads, names, first_channel)
+    found = [channel for channel in channels if channel is not None]
+    if len(found) < len(names):
+        missing = channels.index(None)
+        stand_in = lead_channels(record_leads, names, first_channel=True)[missing]
+        its = f"record {path}: no lead {names[missing]!r} (its leads: {', '.join(record_leads)})"
+        if stand_in is None:
+            raise DataError(f"{its} and no other channel is left to read in its place")
         raise DataError(
-            f"record {path}: no lead {lead!r} (its leads: {', '.join(names)}); choose one "
-            f"with --lead NAME, or --first-channel to use {names[0]}"
+            f"{its}; choose one with --lead NAME, or --first-channel to use "
+            f"{record_leads[stand_in]}"
         )
-    return lead_of(signals, channel)
+    return [lead_of(signals, channel) for channel in found]
+
+
+def lead_substitutions(wanted: Sequence[str], leads: Sequence[Lead]) -> dict[str, str]:
+    """``{wanted lead: lead read in its place}`` for the leads a record lacks."""
+    return {name: lead.name for name, lead in zip(wanted, leads, strict=True) if lead.name != name}
 
 
 def check_header(path: Path) -> None:

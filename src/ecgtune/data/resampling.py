@@ -3,9 +3,10 @@
 Random under- and over-sampling only choose rows, so they run on a column of row indices and
 the chosen rows are taken from the :class:`BeatSet` at once: signals, RR features, labels and
 records stay aligned without copying beats through imbalanced-learn. SMOTE makes new beats by
-interpolation, so it runs on each beat's signal and RR features side by side (one row), which
-keeps a synthetic beat's RR features those of the same interpolation; synthetic beats come from
-record ``"smote"``. Every sampler is seeded with the experiment's seed.
+interpolation, so it runs on each beat's signal and RR features side by side (one row; the
+leads of a several-lead beat laid end to end, and the new rows given the beats' shape back),
+which keeps a synthetic beat's RR features those of the same interpolation; synthetic beats
+come from record ``"smote"``. Every sampler is seeded with the experiment's seed.
 """
 
 from __future__ import annotations
@@ -109,13 +110,15 @@ def smote(beats: BeatSet, seed: int) -> BeatSet:
     if to_grow.size == 0:
         return beats
     neighbours = min(SMOTE_NEIGHBOURS, int(to_grow.min()) - 1)
-    features = np.hstack([beats.signals, beats.rr])
+    flat = beats.signals.reshape(len(beats), -1)
+    features = np.hstack([flat, beats.rr])
     sampler = SMOTE(k_neighbors=neighbours, random_state=seed)
     resampled, labels = sampler.fit_resample(features, beats.labels)
     new = resampled[len(beats) :]
-    length = beats.signals.shape[1]
+    length = flat.shape[1]
+    signals = new[:, :length].astype(np.float32).reshape(-1, *beats.signals.shape[1:])
     return BeatSet(
-        signals=np.concatenate([beats.signals, new[:, :length].astype(np.float32)]),
+        signals=np.concatenate([beats.signals, signals]),
         labels=np.asarray(labels, dtype=np.int64),
         rr=np.concatenate([beats.rr, new[:, length:].astype(np.float32)]),
         records=np.concatenate([beats.records, np.full(len(new), SYNTHETIC_RECORD)]),

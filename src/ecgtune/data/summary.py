@@ -21,7 +21,7 @@ def dataset_summary(dataset: Dataset, seconds: float) -> dict[str, Any]:
     return {
         "source": info["source"],
         "split": info["split"],
-        "lead": info.get("lead"),
+        "leads": info.get("leads"),
         "class_names": list(dataset.class_names),
         "splits": splits,
         "total": {

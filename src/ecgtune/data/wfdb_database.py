@@ -4,9 +4,10 @@ A database is a folder: its records are the lines of its ``RECORDS`` file (Physi
 listing), or, without one, the names of its ``.hea`` headers. A record's beats come from
 :func:`~ecgtune.data.beats.segment_record`, the function the training build uses, so a beat
 here is cut exactly as the model's training beats were, whatever the record's sampling rate
-(``segment_record`` resamples it to ``data.target_hz``) and wherever its lead is stored (found
-by name). Beat positions come from the record's annotation file, or from the QRS detector
-(:mod:`~ecgtune.data.detect`); RR intervals from those same positions.
+(``segment_record`` resamples it to ``data.target_hz``) and wherever its leads are stored
+(found by name, as many as the model has input channels, in its channel order). Beat positions
+come from the record's annotation file, or from the QRS detector (:mod:`~ecgtune.data.detect`,
+on the first lead); RR intervals from those same positions.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from ecgtune.config import DataConfig
 from ecgtune.data.beats import RecordBeats, segment_record
 from ecgtune.data.detect import detect_beats, detected_annotations
-from ecgtune.data.records import Lead, read_annotations, read_named_lead
-from ecgtune.errors import DataError
+from ecgtune.data.records import Lead, lead_substitutions, read_annotations, read_named_leads
+from ecgtune.errors import DataError, UserError
 
 RECORDS_FILE = "RECORDS"
 SHOWN_NAMES = 12
@@ -43,21 +44,46 @@ class WfdbDatabase:
 
 @dataclass(frozen=True)
 class LeadChoice:
-    """The lead to read, by name, and whether a record without it falls back to its first
-    channel (otherwise it is an error)."""
+    """The leads to read, by name in channel order, and whether a record without one reads
+    its first channel not taken by another in its place (otherwise it is an error)."""
 
-    name: str
+    names: tuple[str, ...]
     first_channel: bool = False
 
 
 @dataclass(frozen=True)
 class CutRecord:
-    """A record's beats and the lead they were cut from; ``source`` says where the beat
-    positions came from (the annotator's extension, or ``"XQRS"``)."""
+    """A record's beats and the leads they were cut from, in channel order; ``source`` says
+    where the beat positions came from (the annotator's extension, or ``"XQRS"``)."""
 
-    lead: Lead
+    leads: tuple[Lead, ...]
     beats: RecordBeats
     source: str
+
+    @property
+    def fs(self) -> float:
+        """The record's sampling rate (its leads share it)."""
+        return self.leads[0].fs
+
+    def stand_ins(self, choice: LeadChoice) -> dict[str, str]:
+        """``{wanted lead: lead read in its place}`` for the leads the record lacks."""
+        return lead_substitutions(choice.names, self.leads)
+
+
+def choose_leads(names: Sequence[str] | None, data: DataConfig, first_channel: bool) -> LeadChoice:
+    """The leads ``--lead`` names (repeatable, in channel order), or the model's
+    ``data.leads``; one per input channel of the model, each once."""
+    if names is None:
+        return LeadChoice(tuple(data.leads), first_channel)
+    given = " ".join(f"--lead {name}" for name in names)
+    if len(names) != data.input_channels:
+        raise UserError(
+            f"{given}: the model reads {data.input_channels} lead(s) "
+            f"({', '.join(data.leads)}); give --lead once per lead, in channel order"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"{given}: a lead is named twice; each lead feeds its own channel")
+    return LeadChoice(tuple(names), first_channel)
 
 
 def open_database(folder: Path) -> WfdbDatabase:
@@ -117,10 +143,14 @@ def whole_record_rules(data: DataConfig) -> DataConfig:
     return data.model_copy(update={"max_beats_per_record": None})
 
 
-def cut_record(path: Path, lead: LeadChoice, data: DataConfig, annotator: str | None) -> CutRecord:
-    """Every beat of the record at ``path`` (no extension), cut by ``data``'s rules: at the
-    beats of its ``annotator`` file, or at the beats XQRS finds when ``annotator`` is None."""
-    signal = read_named_lead(path, lead.name, lead.first_channel)
+def cut_record(
+    path: Path, choice: LeadChoice, data: DataConfig, annotator: str | None
+) -> CutRecord:
+    """Every beat of the record at ``path`` (no extension), cut by ``data``'s rules from the
+    chosen leads: at the beats of its ``annotator`` file, or at the beats XQRS finds on the
+    first lead when ``annotator`` is None."""
+    leads = tuple(read_named_leads(path, choice.names, choice.first_channel))
+    signal = leads[0]
     if signal.fs != round(signal.fs):
         raise DataError(
             f"record {path}: sampled at {signal.fs:g} Hz; only whole-number rates are "
@@ -138,5 +168,5 @@ def cut_record(path: Path, lead: LeadChoice, data: DataConfig, annotator: str | 
                 f"record {path}: its {annotator} annotations run to sample "
                 f"{annotations.samples[-1]}, past the signal's {signal.signal.size} samples"
             )
-    beats = segment_record(path.name, signal, annotations, whole_record_rules(data))
-    return CutRecord(signal, beats, source)
+    beats = segment_record(path.name, leads, annotations, whole_record_rules(data))
+    return CutRecord(leads, beats, source)

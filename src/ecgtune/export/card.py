@@ -116,7 +116,7 @@ def model_section(
 def data_section(config: Config, dataset: Dataset) -> str:
     data = config.data
     if data.source == "mitdb":
-        source = f"{MITDB}; lead {data.lead}"
+        source = f"{MITDB}; {lead_names(data.leads)}"
     else:
         source = f"{data.source} beat files: {', '.join(path.name for path in data.train_files)}"
     records = dataset.info.get("records", {})
@@ -129,6 +129,13 @@ def data_section(config: Config, dataset: Dataset) -> str:
     header = ("split", "records", "beats", *dataset.class_names)
     protocol = f"Split: {SPLIT_PROTOCOLS[split_of(config)]}"
     return "## Data\n\n" + bullets([f"Source: {source}", protocol]) + "\n\n" + table(header, rows)
+
+
+def lead_names(leads: Sequence[str]) -> str:
+    """``lead MLII``, or ``leads MLII, V1 (one input channel each, in this order)``."""
+    if len(leads) == 1:
+        return f"lead {leads[0]}"
+    return f"leads {', '.join(leads)} (one input channel each, in this order)"
 
 
 def test_section(metrics: dict[str, Any]) -> str:
