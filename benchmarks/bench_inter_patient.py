@@ -3,13 +3,13 @@
 Runs ``configs/inter_patient.toml`` through the real search (:func:`ecgtune.commands.tune.
 tune_command`, the code behind ``hypertune.py tune``: MLflow, TensorBoard, trials file and
 all) with every output in a temporary folder. The search trains on DS1 records and chooses
-trials, epochs and the best model on whole DS1 validation records only; DS2 is touched once,
-after the search, by the best model. The benchmark then predicts DS2 again with that saved
-model to break the figures down per record, checks that its confusion matrix is the one the
-search reported, and writes ``benchmarks/results/inter_patient.json``: the AAMI figures (S and
-V sensitivity and positive predictivity), F1 per class, accuracy, macro-F1, the per-record
-table, the confusion matrix, the best trial's config, the trial table, the wall time, the
-machine and the command.
+trials, epochs and the best model on DS1 only (record-grouped folds with ``search.folds``,
+else whole validation records); DS2 is touched once, after the search, by the best model.
+The benchmark then predicts DS2 again with that saved model to break the figures down per
+record, checks that its confusion matrix is the one the search reported, and writes
+``benchmarks/results/inter_patient.json``: the AAMI figures (S and V sensitivity and positive
+predictivity), F1 per class, accuracy, macro-F1, the per-record table, the confusion matrix,
+the best trial's config, the trial table, the wall time, the machine and the command.
 
     .venv/bin/python benchmarks/bench_inter_patient.py --raw-dir ../shared/data/mitdb
 """
@@ -122,6 +122,20 @@ def summary(metrics: ClassificationMetrics) -> dict[str, Any]:
     }
 
 
+def protocol(config: Config) -> str:
+    """How the experiment chose its model, in one sentence (``search.folds`` or not)."""
+    if config.search.folds:
+        return (
+            f"train on DS1 (22 records); score every trial by the out-of-fold predictions of "
+            f"{config.search.folds} record-grouped folds of the DS1 records, keep the best "
+            f"trial's ensemble of its fold models; evaluate DS2 (22 records) once"
+        )
+    return (
+        "train on DS1 (22 records, minus whole validation records), choose epochs, trials and "
+        "the best model on the validation records only, evaluate DS2 (22 records) once"
+    )
+
+
 def goal_gaps(aami: dict[str, float]) -> dict[str, float]:
     """How far each goal figure is from being met (0 where met)."""
     return {key: round(max(0.0, goal - aami.get(key, 0.0)), 4) for key, goal in GOAL.items()}
@@ -167,10 +181,7 @@ def main() -> None:
         ),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(PACKAGES, torch_threads=args.threads),
-        "protocol": (
-            "train on DS1 (22 records, minus whole validation records), choose epochs, trials "
-            "and the best model on the validation records only, evaluate DS2 (22 records) once"
-        ),
+        "protocol": protocol(config),
         "ds2": figures,
         "goal": GOAL,
         "goal_missed_by": goal_gaps(figures["aami"]),

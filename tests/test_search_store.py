@@ -25,7 +25,8 @@ from hyperopt.base import JOB_STATE_DONE, JOB_STATE_ERROR, JOB_STATE_NEW
 from hyperopt.fmin import generate_trials_to_calculate
 
 from ecgtune.config import Config
-from ecgtune.errors import DataError
+from ecgtune.errors import ConfigError, DataError
+from ecgtune.search.loop import check_same_search, search_identity
 from ecgtune.search.store import METADATA, TrialStore
 from tests.conftest import REPO_ROOT
 
@@ -398,3 +399,18 @@ def test_tune_refuses_planted_files_without_running_them(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {config.run_dir / planted[-1]}: "), line
     assert "--fresh" in line
+
+
+def test_a_search_saved_before_a_new_key_resumes_while_the_key_keeps_its_default(
+    small_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """A search saved by an ecgtune that predates ``search.folds`` and ``search.pruning``
+    resumes under their defaults, and is refused when the resuming config sets them."""
+    config = small_config()
+    saved = search_identity(config)
+    for key in ("search.folds", "search.pruning", "search.grace_epochs"):
+        del saved[key]
+    check_same_search(saved, search_identity(config), tmp_path / "trials.json")
+    changed = small_config(search={"pruning": "asha", "grace_epochs": 1})
+    with pytest.raises(ConfigError, match=r"different search\.grace_epochs, search\.pruning"):
+        check_same_search(saved, search_identity(changed), tmp_path / "trials.json")

@@ -744,6 +744,35 @@ class SearchConfig(Section):
     startup_evals: int = Field(
         10, ge=1, le=10_000, description="tpe: random trials before it models the results"
     )
+    folds: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="inter split: score each trial on this many record-grouped folds of the "
+        "train and validation records, not on the validation records alone (0), and keep the "
+        "ensemble of its fold models; a trial trains (folds - 1) / (1 - data.valid_fraction) "
+        "times as many beats",
+    )
+
+    @field_validator("folds")
+    @classmethod
+    def _not_one_fold(cls, value: int) -> int:
+        if value == 1:
+            raise _value_error("one fold validates on nothing: give 0 (no folds) or 2 to 10")
+        return value
+
+    pruning: Literal["none", "asha"] = Field(
+        "none",
+        description="none | asha: asynchronous successive halving ends a trial at a rung "
+        "(grace_epochs x reduction_factor^k epochs) unless its validation objective there is "
+        "in the top 1/reduction_factor of the trials that reached the rung",
+    )
+    grace_epochs: int = Field(
+        2, ge=1, le=1000, description="asha: epochs every trial trains before it can be ended"
+    )
+    reduction_factor: int = Field(
+        3, ge=2, le=100, description="asha: eta, the rungs' spacing and the share kept (1/eta)"
+    )
     space: dict[str, Distribution] = Field(
         default_factory=dict, description="dotted config key -> hyperopt distribution"
     )
@@ -832,11 +861,32 @@ class Config(Section):
                 f"model.rr_features = {self.model.rr_features!r} needs RR intervals, which "
                 f"data.source = {self.data.source!r} does not have (only 'mitdb'); use 'none'"
             )
+        if self.search.folds and self.data.split != "inter":
+            raise _rule_error(
+                f"search.folds = {self.search.folds} groups beats by record, which needs "
+                f"data.split = 'inter' (the intra split has every record on both sides)"
+            )
         shift = self.training.augment.shift
         if shift >= self.data.beat_length:
             raise _rule_error(
                 f"training.augment.shift = {shift}: must be below data.beat_length = "
                 f"{self.data.beat_length}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_pruning_grace(self) -> Self:
+        search = self.search
+        if search.pruning != "none" and search.grace_epochs >= self.training.epochs:
+            raise _rule_error(
+                f"search.grace_epochs = {search.grace_epochs} must be below training.epochs "
+                f"= {self.training.epochs} when search.pruning = {search.pruning!r}: a trial "
+                f"ends at training.epochs anyway, so none could be pruned"
+            )
+        if search.pruning != "none" and search.folds:
+            raise _rule_error(
+                f"search.pruning = {search.pruning!r} with search.folds = {search.folds}: a "
+                f"trial's folds are separate trainings with no one curve to prune; use one"
             )
         return self
 

@@ -24,6 +24,7 @@ from ecgtune.data.files import atomic_write
 from ecgtune.errors import DataError
 from ecgtune.metrics import ClassificationMetrics
 from ecgtune.models import build_model
+from ecgtune.models.ensemble import MAX_MEMBERS, Ensemble, member_count
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "best_model.pt"
@@ -39,6 +40,7 @@ def save_checkpoint(
         "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
         "config": config.model_dump(mode="json"),
         "class_names": list(class_names),
+        "members": member_count(model),
     }
     with atomic_write(path) as stream:
         torch.save(checkpoint, stream)
@@ -52,11 +54,22 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Config, tuple[str, ...]]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = validate_config(checkpoint["config"], source=str(path))
         class_names = tuple(checkpoint["class_names"])
-        model = build_model(config, len(class_names))
+        model = build_classifier(config, len(class_names), checkpoint.get("members", 1))
         model.load_state_dict(checkpoint["state_dict"])
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, UnpicklingError) as exc:
         raise DataError(f"{path}: {checkpoint_problem(exc)}") from None
     return model.eval(), config, class_names
+
+
+def build_classifier(config: Config, n_classes: int, members: object) -> nn.Module:
+    """The model a checkpoint holds: one classifier, or an :class:`Ensemble` of ``members``."""
+    if not isinstance(members, int) or isinstance(members, bool):
+        raise TypeError(f"its members entry is {members!r}, not a count")
+    if members == 1:
+        return build_model(config, n_classes)
+    if not 2 <= members <= MAX_MEMBERS:
+        raise TypeError(f"it holds {members} models; an ensemble holds 2 to {MAX_MEMBERS}")
+    return Ensemble([build_model(config, n_classes) for _ in range(members)])
 
 
 def checkpoint_problem(exc: BaseException) -> str:

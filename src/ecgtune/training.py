@@ -80,10 +80,22 @@ class TrainResult:
     seconds: float
     train_counts: dict[str, int]
     class_names: tuple[str, ...]
+    pruned_at: int | None = None
+    """The epoch after which an observer ended the run (:class:`StopTraining`), or None."""
 
 
 class TrainingDiverged(RuntimeError):  # noqa: N818 (the name the search codes against)
     """The loss became NaN or infinite; the message names the epoch, the batch and the cause."""
+
+
+class StopTraining(Exception):  # noqa: N818 (a request to stop, not an error)
+    """Raised by an observer's ``on_epoch_end`` to end the run after that epoch (a search's
+    pruner does): :func:`train_model` stops as early stopping does, restoring the best epoch
+    so far, with ``reason`` as the run's stop reason and the epoch as ``pruned_at``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class TrainingObserver:
@@ -103,7 +115,8 @@ class TrainingObserver:
         the last call and their mean loss (one device sync per call, not per batch)."""
 
     def on_epoch_end(self, record: EpochRecord) -> None:
-        """An epoch and its validation are done."""
+        """An epoch and its validation are done; raise :class:`StopTraining` to end the run
+        here."""
 
     def on_train_end(self, result: TrainResult) -> None:
         """The run is over and the best epoch's weights are restored."""
@@ -146,8 +159,10 @@ def train_model(
     """Train ``config.model`` on ``dataset.train``, select the epoch on ``dataset.valid``.
 
     ``observer`` (one, or an :class:`ObserverFanOut` of several) hears every step; the trainer
-    knows no writer and no console. Raises :class:`TrainingDiverged` on a NaN/inf loss and
-    :class:`ConfigError` for a device or precision this machine lacks.
+    knows no writer and no console; it may end the run after an epoch by raising
+    :class:`StopTraining`, which stops it as early stopping does (both apply). Raises
+    :class:`TrainingDiverged` on a NaN/inf loss and :class:`ConfigError` for a device or
+    precision this machine lacks.
     """
     started = time.perf_counter()
     observer = observer or TrainingObserver()
@@ -159,6 +174,7 @@ def train_model(
 
     history: list[EpochRecord] = []
     stopper = EarlyStopping(cfg)
+    pruned_at: int | None = None
     for epoch in range(1, cfg.epochs + 1):
         epoch_started = time.perf_counter()
         lr = float(run.optimizer.param_groups[0]["lr"])
@@ -176,10 +192,15 @@ def train_model(
             beats_per_second=run.n_train / train_seconds,
         )
         history.append(record)
-        observer.on_epoch_end(record)
+        patience_over = stopper.update(record, run.model)
+        try:
+            observer.on_epoch_end(record)
+        except StopTraining as stop:
+            pruned_at, stopper.reason = epoch, stop.reason
+            break
         if isinstance(run.scheduler, ReduceLROnPlateau):
             run.scheduler.step(valid_metrics[cfg.objective])
-        if stopper.update(record, run.model):
+        if patience_over:
             break
 
     assert stopper.best is not None  # training.epochs >= 1
@@ -193,6 +214,7 @@ def train_model(
         seconds=time.perf_counter() - started,
         train_counts=run.train_counts,
         class_names=dataset.class_names,
+        pruned_at=pruned_at,
     )
     observer.on_train_end(result)
     return result

@@ -31,6 +31,7 @@ from ecgtune.data import load_dataset
 from ecgtune.errors import ConfigError, interruption
 from ecgtune.export.card import write_model_card
 from ecgtune.report import CHECKPOINT_NAME, save_checkpoint, write_report
+from ecgtune.search.folds import fit
 from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import (
     OVERRIDES_TAG,
@@ -41,7 +42,7 @@ from ecgtune.tracking.mlflow_runs import (
     run_params,
 )
 from ecgtune.tracking.tensorboard import TensorBoardEpochs
-from ecgtune.training import ObserverFanOut, TrainingDiverged, evaluate_test_split, train_model
+from ecgtune.training import ObserverFanOut, TrainingDiverged, evaluate_test_split
 
 ENGINE = "one training of the base config (no search)"
 
@@ -72,7 +73,7 @@ def train_command(
         display = TrainingDisplay(console, progress=not quiet, summary=True)
         observer = ObserverFanOut([display, tensorboard, MlflowEpochLogger(tracker, run_id)])
         try:
-            result = train_model(config, dataset, observer)
+            result = fit(config, dataset, observer)
             save_checkpoint(run_dir / CHECKPOINT_NAME, result.model, config, dataset.class_names)
             metrics = evaluate_test_split(result.model, dataset, config)
             extra = {

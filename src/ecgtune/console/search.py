@@ -34,6 +34,8 @@ from ecgtune.training import EpochRecord, TrainingObserver
 
 VISIBLE_TRIALS = 12
 """Finished trials the live table shows: the most recent ones, plus the best if older."""
+STATUS_STYLES = {"ok": None, "pruned": "yellow", "failed": "red", "killed": "red"}
+"""A trial row's style by its status (the best trial's is bold green whatever its status)."""
 
 
 def short_values(values: dict[str, Any]) -> str:
@@ -94,7 +96,7 @@ def trials_table(
     keys: Sequence[str],
 ) -> Table:
     """Trials in the given order, one column per searched key; the best one in bold green,
-    failed ones in red."""
+    pruned ones in yellow (with the epoch and rung), failed ones in red."""
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     names = column_names(keys)
@@ -105,8 +107,8 @@ def trials_table(
     table.add_column("status", overflow="fold")
     for row in rows:
         score = "-" if row.objective is None else f"{row.objective:.4f}"
-        status = "ok" if row.ok else escape(f"{row.status}: {row.note}")
-        style = "bold green" if best is not None and row is best else None if row.ok else "red"
+        status = escape(status_text(row))
+        style = "bold green" if best is not None and row is best else STATUS_STYLES[row.status]
         values = [escape(_short(row.values[key])) if key in row.values else "" for key in keys]
         table.add_row(
             str(row.number),
@@ -118,6 +120,14 @@ def trials_table(
             style=style,
         )
     return table
+
+
+def status_text(row: TrialRow) -> str:
+    """``ok``, a pruned trial's note (``pruned at epoch 2 (ASHA rung 1): ...``), or the status
+    with the failure reason."""
+    if row.status == "ok":
+        return "ok"
+    return row.note if row.status == "pruned" else f"{row.status}: {row.note}"
 
 
 def top_trials_table(
@@ -264,9 +274,10 @@ class SearchDisplay(TrialObserver, TrainingObserver):
             self.trial_task = None
         if row.ok:
             mark = " (best so far)" if is_best else ""
+            pruned = escape(f"; {row.note}") if row.status == "pruned" else ""
             self.log(
                 f"trial {row.number} done: valid {self.objective} {row.objective:.4f}{mark}, "
-                f"{row.epochs} epochs, {_duration(row.seconds)}"
+                f"{row.epochs} epochs, {_duration(row.seconds)}{pruned}"
             )
         else:
             self.log(escape(f"trial {row.number} {row.status}: {row.note}"))

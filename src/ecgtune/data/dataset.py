@@ -36,6 +36,16 @@ class BeatSet:
     def class_counts(self, n_classes: int) -> NDArray[np.int64]:
         return np.bincount(self.labels, minlength=n_classes).astype(np.int64)
 
+    @staticmethod
+    def concatenate(sets: list[BeatSet]) -> BeatSet:
+        """The beats of several sets, in order, as one."""
+        return BeatSet(
+            np.concatenate([part.signals for part in sets]),
+            np.concatenate([part.labels for part in sets]),
+            np.concatenate([part.rr for part in sets]),
+            np.concatenate([part.records for part in sets]),
+        )
+
 
 @dataclass(frozen=True)
 class Dataset:

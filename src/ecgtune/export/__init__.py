@@ -29,6 +29,7 @@ from ecgtune.config import Config
 from ecgtune.data.beats import RR_COLUMNS
 from ecgtune.data.dataset import BeatSet
 from ecgtune.models import BeatClassifier
+from ecgtune.models.ensemble import Classifier, Ensemble
 
 BEATS_INPUT = "beats"
 RR_INPUT = "rr"
@@ -59,9 +60,10 @@ Inputs = dict[str, NDArray[np.float32]]
 """Named model inputs: ``beats`` and, when the model reads RR features, ``rr``."""
 
 
-def as_beat_classifier(model: nn.Module) -> BeatClassifier:
-    """The model as the classifier ``build_model`` makes (a checkpoint's model is one)."""
-    if not isinstance(model, BeatClassifier):
+def as_beat_classifier(model: nn.Module) -> Classifier:
+    """The model as a checkpoint holds it: the classifier ``build_model`` makes, or an
+    ensemble of them."""
+    if not isinstance(model, BeatClassifier | Ensemble):
         raise TypeError(f"expected an ecgtune BeatClassifier, got {type(model).__name__}")
     return model
 

@@ -43,6 +43,8 @@ from ecgtune.errors import ConfigError, TrackingError, UserError, interruption
 from ecgtune.metrics import ClassificationMetrics, minimises
 from ecgtune.models.budget import check_model_budget
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, write_report
+from ecgtune.search.folds import fit
+from ecgtune.search.pruning import TrialPruner
 from ecgtune.search.space import SearchSpace, flatten_sample
 from ecgtune.search.store import METADATA, TrialStore
 from ecgtune.search.trials import (
@@ -60,7 +62,6 @@ from ecgtune.training import (
     TrainResult,
     evaluate_test_split,
     resolve_device,
-    train_model,
 )
 
 BEST_CONFIG = "best_config.toml"
@@ -94,8 +95,13 @@ def search_identity(config: Config) -> dict[str, Any]:
 
 
 def check_same_search(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a search with a config that changes what a trial computes; a key the
+    saved search predates counts as its default (a newer ecgtune resumes older searches)."""
+    defaults = search_identity(Config())
     changed = sorted(
-        key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key)
+        key
+        for key in saved.keys() | current.keys()
+        if saved.get(key, defaults.get(key)) != current.get(key, defaults.get(key))
     )
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
@@ -238,10 +244,13 @@ class TrialRunner:
     """The objective ``fmin`` calls: one trial from a hyperopt sample to a result document.
 
     The result keeps the reported values (not hyperopt's choice indices), the validation
-    figures and the trial's table row. A trial that fails for any reason of its own returns
-    ``STATUS_FAIL`` with the reason; the trial's start is inside that handling too. An
-    interruption or a :data:`FATAL_ERRORS` failure ends the trial as killed or failed for
-    every observer, then ends the search.
+    figures, the trial's table row and its validation objective per epoch (``curve``, which
+    :class:`~ecgtune.search.pruning.TrialPruner` compares later trials with, so a resumed
+    search prunes alike). A pruned trial is a finished one: its loss is its best epoch's
+    objective. A trial that fails for any reason of its own returns ``STATUS_FAIL`` with the
+    reason; the trial's start is inside that handling too. An interruption or a
+    :data:`FATAL_ERRORS` failure ends the trial as killed or failed for every observer, then
+    ends the search.
     """
 
     def __init__(
@@ -263,6 +272,8 @@ class TrialRunner:
         number = next(doc["tid"] for doc in self.trials.trials if doc["state"] == JOB_STATE_RUNNING)
         values = flatten_sample(sample)
         counter = EpochCounter()
+        earlier = [doc["result"].get("curve", []) for doc in done_docs(self.trials)]
+        pruner = TrialPruner(self.space.base, earlier)
         started = time.perf_counter()
 
         def ended(status: TrialStatus, note: str) -> TrialRow:
@@ -274,7 +285,7 @@ class TrialRunner:
             values = self.space.values_of(config)
             check_model_budget(config, self.dataset.n_classes)
             epochs = self.observer.trial_started(TrialStart(number, config, values))
-            result = train_model(config, self.dataset, ObserverFanOut([epochs, counter]))
+            result = fit(config, self.dataset, ObserverFanOut([epochs, counter, pruner]))
             self.keep_if_best(number, config, result)
         except KeyboardInterrupt as exc:
             self.end_quietly(ended("killed", interruption(exc)))
@@ -285,10 +296,16 @@ class TrialRunner:
         except Exception as exc:  # any failure of one trial is its result; the search goes on
             row = ended("failed", f"{type(exc).__name__}: {exc}")
             self.observer.trial_ended(TrialOutcome(row))
-            return {"status": STATUS_FAIL, "failure": row.note, "row": asdict(row)}
+            return {
+                "status": STATUS_FAIL,
+                "failure": row.note,
+                "row": asdict(row),
+                "curve": pruner.curve,
+            }
         score = result.best_valid[self.objective]
+        status: TrialStatus = "ok" if result.pruned_at is None else "pruned"
         row = TrialRow(
-            number, "ok", values, score, len(result.history), result.seconds, result.stop_reason
+            number, status, values, score, len(result.history), result.seconds, result.stop_reason
         )
         self.observer.trial_ended(TrialOutcome(row, result))
         return {
@@ -298,6 +315,7 @@ class TrialRunner:
             "best_epoch": result.best_epoch,
             "valid": result.best_valid,
             "train_counts": result.train_counts,
+            "curve": pruner.curve,
         }
 
     def keep_if_best(self, number: int, config: Config, result: TrainResult) -> None:
@@ -340,7 +358,20 @@ def evaluate_best(
     """Evaluate the best trial's saved model once on the test split and write the outputs;
     ``provenance`` (where the search came from: source config, version, tracking ids) goes
     into the report and the header of ``best_config.toml``."""
-    rows = finished_rows(trials)
+    valid = {doc["tid"]: doc["result"].get("valid", {}) for doc in done_docs(trials)}
+    return evaluate_rows(config, dataset, finished_rows(trials), valid, store, provenance)
+
+
+def evaluate_rows(
+    config: Config,
+    dataset: Dataset,
+    rows: list[TrialRow],
+    valid: dict[int, dict[str, float]],
+    store: TrialStore,
+    provenance: dict[str, Any],
+) -> BestTrial:
+    """:func:`evaluate_best` for any engine: its finished trials' rows, their validation
+    figures by trial number, and the best trial's checkpoint in ``store``."""
     best = best_row(rows, config.training.objective)
     if best is None:
         first = f"the first failure: {rows[0].note}" if rows else "none finished"
@@ -352,8 +383,7 @@ def evaluate_best(
     model.to(resolve_device(best_config.training.device))
     metrics = evaluate_test_split(model, dataset, best_config)
     outputs = write_outputs(config, best_config, best, rows, metrics, store, provenance)
-    doc = next(doc for doc in done_docs(trials) if doc["tid"] == best.number)
-    return BestTrial(best, best_config, doc["result"]["valid"], metrics, outputs)
+    return BestTrial(best, best_config, valid[best.number], metrics, outputs)
 
 
 def write_outputs(

@@ -204,12 +204,16 @@ def checked_doc(doc: object, where: str) -> dict[str, Any]:
 
 
 def check_result(result: object, where: str) -> None:
-    """A status hyperopt knows, and the loss it ranks finished trials by."""
+    """A status hyperopt knows (a pruned trial's is ok), the loss it ranks finished trials by,
+    and the validation objective per epoch that pruning compares later trials with."""
     if not isinstance(result, dict) or result.get("status") not in STATUS_STRINGS:
         raise invalid(where, result, f"an object with a status of {'/'.join(STATUS_STRINGS)}")
     loss = result.get("loss")
     if result["status"] == "ok" and not is_number(loss):
         raise invalid(f"{where}.loss", loss, "a number, as the status is ok")
+    curve = result.get("curve", [])
+    if not (isinstance(curve, list) and all(is_number(value) for value in curve)):
+        raise invalid(f"{where}.curve", curve, "a list of numbers (one per epoch)")
 
 
 def checked_misc(misc: object, tid: int, where: str) -> dict[str, Any]:

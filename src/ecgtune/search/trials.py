@@ -6,6 +6,9 @@ config and searched values; the observer answers with the :class:`TrainingObserv
 the trial's epochs), and it ended (ok, failed, or killed by Ctrl-C/SIGTERM), as one
 :class:`TrialOutcome`. Nothing here knows the console, MLflow or TensorBoard: they implement
 the interface, so a second engine reuses them unchanged.
+
+A pruned trial (``search.pruning``: its training was ended at a rung) is a finished trial: it
+counts with its best epoch so far, as a trial that trained in full does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from ecgtune.config import Config
 from ecgtune.metrics import minimises
 from ecgtune.training import ObserverFanOut, TrainingObserver, TrainResult
 
-TrialStatus = Literal["ok", "failed", "killed"]
+TrialStatus = Literal["ok", "pruned", "failed", "killed"]
+FINISHED_STATUSES: tuple[TrialStatus, ...] = ("ok", "pruned")
+"""Statuses of trials that finished with an objective (their best epoch's)."""
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,13 @@ class TrialRow:
     epochs: int
     seconds: float
     note: str
-    """The failure reason, or why training stopped."""
+    """The failure reason, or why training stopped (for a pruned trial: at which epoch and
+    rung)."""
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Finished with an objective: trained to its own end, or pruned."""
+        return self.status in FINISHED_STATUSES
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,8 @@ class TrialStart:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended; ``result`` is the training run when it finished (status ok)."""
+    """How a trial ended; ``result`` is the training run when it finished (status ok or
+    pruned)."""
 
     row: TrialRow
     result: TrainResult | None = None
@@ -65,7 +73,7 @@ class TrialObserver:
         return TrainingObserver()
 
     def trial_ended(self, outcome: TrialOutcome) -> None:
-        """A trial finished, failed or was killed."""
+        """A trial finished (trained in full or pruned), failed or was killed."""
 
 
 class TrialObserverFanOut(TrialObserver):

@@ -9,10 +9,12 @@ not apply to its model kind are left out), its full resolved config as the artif
 (``train/loss``, ``valid/macro_f1`` ... at step = epoch, the names TensorBoard uses), the best
 epoch's figures under ``best_epoch/``, the train split's class counts as ``train_counts/``
 metrics, and a link to its TensorBoard folder. It ends FINISHED, or FAILED/KILLED with the
-reason in the tag ``ecgtune.failure``. The parent has the search settings as params, the space
-as the artifact ``search_space.toml``, the best trial's validation figures under
-``best_trial/`` and the test figures under ``test/``, and the best trial's name and run id as
-tags and as a link in its description.
+reason in the tag ``ecgtune.failure``; a trial's run has its status (ok, pruned, failed,
+killed) in the tag ``ecgtune.status``, and a pruned trial's (FINISHED: it counts with its best
+epoch) the epoch it was ended at in ``ecgtune.pruned_at_epoch``. The parent has the search
+settings as params, the space as the artifact ``search_space.toml``, the best trial's
+validation figures under ``best_trial/`` and the test figures under ``test/``, and the best
+trial's name and run id as tags and as a link in its description.
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent "active
 run" state), so a resumed search can reopen its parent run by id. Every call is bounded: over
@@ -53,6 +55,8 @@ TAG_LIMIT = 5000
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "ecgtune.failure"
 TRIAL_TAG = "ecgtune.trial"
+STATUS_TAG = "ecgtune.status"
+PRUNED_TAG = "ecgtune.pruned_at_epoch"
 TENSORBOARD_TAG = "ecgtune.tensorboard_dir"
 OVERRIDES_TAG = "ecgtune.overrides"
 SEARCHED_TAG = "ecgtune.searched_keys"
@@ -210,9 +214,12 @@ class MlflowTracker:
         metrics: Mapping[str, float] | None = None,
         failure: str | None = None,
         status: str = "FINISHED",
+        tags: Mapping[str, Any] | None = None,
     ) -> None:
-        """End a run: final metrics, then FINISHED, or ``status`` with the reason tagged."""
-        self._log(run_id, metrics=metrics or {}, tags={FAILURE_TAG: failure} if failure else {})
+        """End a run: final metrics and ``tags``, then FINISHED, or ``status`` with the reason
+        tagged."""
+        ended = {**(tags or {}), **({FAILURE_TAG: failure} if failure else {})}
+        self._log(run_id, metrics=metrics or {}, tags=ended)
         self.client.set_terminated(run_id, status)
 
     def end_early(self, run_id: str, reason: str, status: str) -> None:
@@ -296,11 +303,14 @@ class MlflowTrials(TrialObserver):
         run_id = self.run_ids.pop(outcome.row.number, None)
         if run_id is None:  # the trial ended before its run was created
             return
+        tags: dict[str, str] = {STATUS_TAG: outcome.row.status}
         if outcome.result is None:
             status = "KILLED" if outcome.row.status == "killed" else "FAILED"
-            self.tracker.finish(run_id, failure=outcome.row.note, status=status)
+            self.tracker.finish(run_id, failure=outcome.row.note, status=status, tags=tags)
             return
-        self.tracker.finish(run_id, result_metrics(outcome.result))
+        if outcome.result.pruned_at is not None:
+            tags[PRUNED_TAG] = str(outcome.result.pruned_at)
+        self.tracker.finish(run_id, result_metrics(outcome.result), tags=tags)
 
 
 def run_params(config: Config, searched: Sequence[str] = ()) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""Asynchronous successive halving (ASHA, Li et al., https://arxiv.org/abs/1810.05934):
+``search.pruning = "asha"`` ends a trial early when it falls behind the trials before it.
+
+The rungs are at ``grace_epochs x reduction_factor^k`` epochs (eta = ``reduction_factor``). A
+trial that finishes an epoch that is a rung goes on only if its validation objective at that
+epoch is in the top 1/eta of the values recorded there; otherwise its training stops after that
+epoch (:class:`~ecgtune.training.StopTraining`) and the trial counts with its best epoch so far.
+
+The rule is Ray Tune's ``ASHAScheduler`` (``ray/tune/schedulers/async_hyperband.py``,
+``_Bracket.on_result``) with one bracket, one report per epoch (``training_iteration``),
+``max_t = training.epochs`` and ``stop_last_trials = True``, so that a Ray engine given the
+same grace period and reduction factor prunes the same trials. Its details, matched here:
+
+- the cutoff is ``numpy.nanpercentile`` (linear interpolation) at ``(1 - 1/eta) x 100`` of the
+  recorded values, with Ray's sign (``metric_op``): a minimised objective is negated, so higher
+  is better throughout;
+- the recorded values are those of the earlier trials at that rung: Ray records a trial's value
+  after deciding on it, so a trial is not part of its own cutoff;
+- ties go on: a trial stops only when it is strictly worse than the cutoff;
+- the first trial at a rung has nothing to compare with and goes on; with fewer than eta
+  recorded values the same interpolated percentile applies (one value: a trial goes on only if
+  at least as good; two values a < b, eta 3: only if at least a + 2/3 (b - a));
+- a rung's value is the objective of that epoch, not the best so far;
+- every trial that reached a rung recorded its value there: the pruned ones (Ray records the
+  value of a trial it stops) and the failed ones (at the rungs they passed) too;
+- no decision at a trial's last epoch (its ``training.epochs``): Ray stops a trial at ``max_t``
+  before asking its bracket, so such a trial ends as trained in full, not pruned.
+
+Ray keeps the recorded values in memory; here they are the per-epoch curves saved with every
+finished trial (``"curve"`` in its result document), so a resumed search prunes alike. The
+trials run one after another, so "earlier" means finished; their order does not change a
+percentile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from ecgtune.config import Config
+from ecgtune.metrics import minimises
+from ecgtune.training import EpochRecord, StopTraining, TrainingObserver
+
+
+@dataclass(frozen=True)
+class Asha:
+    """The rule: rungs at ``grace x eta^k`` epochs, the top 1/eta of a rung go on."""
+
+    grace: int
+    eta: int
+    objective: str
+
+    def rung(self, epoch: int) -> int | None:
+        """The rung's number (1 at ``grace`` epochs, 2 at ``grace x eta``, ...) when
+        ``epoch`` is one, else None."""
+        milestone, number = self.grace, 1
+        while milestone < epoch:
+            milestone, number = milestone * self.eta, number + 1
+        return number if milestone == epoch else None
+
+    def signed(self, value: float) -> float:
+        """Ray's sign: higher is better (its own inverse)."""
+        return -value if minimises(self.objective) else value
+
+    def cutoff(self, recorded: Sequence[float]) -> float | None:
+        """The worst value that goes on at a rung where ``recorded`` are the earlier trials'
+        values (in the objective's terms); None when there are none."""
+        if not recorded:
+            return None
+        signed = [self.signed(value) for value in recorded]
+        return self.signed(float(np.nanpercentile(signed, (1 - 1 / self.eta) * 100)))
+
+    def stop_reason(
+        self, epoch: int, value: float, earlier: Sequence[Sequence[float]]
+    ) -> str | None:
+        """Why a trial whose objective after ``epoch`` is ``value`` stops there, given the
+        ``earlier`` trials' curves (objective per epoch, from epoch 1); None when it goes on."""
+        rung = self.rung(epoch)
+        if rung is None:
+            return None
+        recorded = [curve[epoch - 1] for curve in earlier if len(curve) >= epoch]
+        cutoff = self.cutoff(recorded)
+        if cutoff is None or self.signed(value) >= self.signed(cutoff):
+            return None
+        return (
+            f"pruned at epoch {epoch} (ASHA rung {rung}): validation {self.objective} "
+            f"{value:.4f} is worse than {cutoff:.4f}, the cutoff for the top 1/{self.eta} of "
+            f"the {len(recorded)} earlier trials there"
+        )
+
+
+class TrialPruner(TrainingObserver):
+    """One trial's side of the search's pruning: keeps the trial's validation objective of
+    every epoch (its ``curve``, saved with the trial for the trials after it) and, with
+    ``search.pruning = "asha"``, ends its training at a rung where it falls behind the
+    ``earlier`` trials' curves."""
+
+    def __init__(self, config: Config, earlier: Sequence[Sequence[float]]) -> None:
+        """``config`` is the search's base config: its objective and ``search`` keys."""
+        search = config.search
+        self.objective = config.training.objective
+        self.rule = (
+            Asha(search.grace_epochs, search.reduction_factor, self.objective)
+            if search.pruning == "asha"
+            else None
+        )
+        self.earlier = earlier
+        self.last_epoch = config.training.epochs
+        self.curve: list[float] = []
+
+    def on_train_start(self, config: Config, model: nn.Module, n_train: int) -> None:
+        self.last_epoch = config.training.epochs  # the trial's own, which may be searched
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        value = record.valid_metrics[self.objective]
+        self.curve.append(value)
+        if self.rule is None or record.epoch >= self.last_epoch:
+            return
+        reason = self.rule.stop_reason(record.epoch, value, self.earlier)
+        if reason is not None:
+            raise StopTraining(reason)

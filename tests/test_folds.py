@@ -1,0 +1,182 @@
+"""``search.folds``: record-grouped folds of the inter split's train and validation records,
+a trial scored on its out-of-fold predictions, and the kept model trained as without folds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+
+from ecgtune.commands.export import export_command
+from ecgtune.commands.tune import tune_command
+from ecgtune.config import Config
+from ecgtune.data import load_dataset
+from ecgtune.data.dataset import BeatSet, Dataset
+from ecgtune.errors import ConfigError, DataError
+from ecgtune.export.onnx import ONNX_NAME, OnnxClassifier
+from ecgtune.metrics import compute_metrics
+from ecgtune.models.ensemble import Ensemble
+from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ecgtune.search.folds import cross_validate, fold_datasets, record_folds
+from ecgtune.training import EpochRecord, TrainingObserver, predict, predict_proba, train_model
+from tests.search_helpers import mlflow_runs, results
+
+DS1_RECORDS = ["101", "106", "109", "118", "119", "124", "201", "203", "208", "223"]
+RECORDS = [*DS1_RECORDS, "100", "232"]
+
+
+@pytest.fixture
+def folds_config(small_config: Callable[..., Config]) -> Callable[..., Config]:
+    def make(folds: int = 3, **search: object) -> Config:
+        return small_config(
+            data={"records": RECORDS, "split": "inter", "max_beats_per_record": 150},
+            training={"epochs": 2},
+            search={"folds": folds, **search},
+        )
+
+    return make
+
+
+@pytest.fixture
+def dataset(folds_config: Callable[..., Config]) -> Dataset:
+    return load_dataset(folds_config())
+
+
+class Epochs(TrainingObserver):
+    def __init__(self) -> None:
+        self.records: list[EpochRecord] = []
+        self.starts: list[int] = []
+
+    def on_epoch_start(self, epoch: int, n_batches: int) -> None:
+        self.starts.append(epoch)
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.records.append(record)
+
+
+def test_folds_hold_whole_records_and_cover_every_beat_once(dataset: Dataset) -> None:
+    pool = BeatSet.concatenate([dataset.train, dataset.valid])
+    folds = record_folds(pool, 3, seed=7)
+    assert len(folds) == 3
+    validated = np.concatenate([valid for _, valid in folds])
+    assert np.array_equal(np.sort(validated), np.arange(len(pool)))
+    for train, valid in folds:
+        assert not set(pool.records[train]) & set(pool.records[valid])
+        assert len(train) + len(valid) == len(pool)
+    assert set(pool.records) == set(DS1_RECORDS)
+    again = record_folds(pool, 3, seed=7)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    other = record_folds(pool, 3, seed=8)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(folds, other, strict=True))
+    with pytest.raises(ConfigError, match=r"search\.folds = 11: the train and validation splits"):
+        record_folds(pool, 11, seed=7)
+
+
+def test_a_trial_is_scored_out_of_fold_and_keeps_the_ensemble_of_its_fold_models(
+    folds_config: Callable[..., Config], dataset: Dataset
+) -> None:
+    config = folds_config(folds=3)
+    epochs = Epochs()
+    result = cross_validate(config, dataset, epochs)
+
+    folds = fold_datasets(dataset, 3, config.seed)
+    runs = [train_model(config, fold) for fold in folds]
+    labels = np.concatenate([fold.valid.labels for fold in folds])
+    assert len(labels) == len(dataset.train) + len(dataset.valid)
+    predicted = np.concatenate(
+        [predict(run.model, fold.valid, config) for run, fold in zip(runs, folds, strict=True)]
+    )
+    expected = compute_metrics(labels, predicted, dataset.class_names)
+    for name, value in expected.as_flat_dict().items():
+        assert result.best_valid[name] == pytest.approx(value), name
+
+    assert isinstance(result.model, Ensemble)
+    for member, run in zip(result.model.members, runs, strict=True):
+        for name, tensor in run.model.state_dict().items():
+            assert torch.equal(tensor, member.state_dict()[name]), name
+    probabilities = np.mean([predict_proba(run.model, dataset.test) for run in runs], axis=0)
+    assert np.allclose(predict_proba(result.model, dataset.test), probabilities, atol=1e-6)
+    assert np.array_equal(predict(result.model, dataset.test, config), probabilities.argmax(axis=1))
+
+    numbers = [record.epoch for record in epochs.records]
+    assert numbers == list(range(1, sum(len(run.history) for run in runs) + 1))
+    assert epochs.starts == numbers
+    assert result.history == epochs.records
+    assert "3 record-grouped folds, an ensemble" in result.stop_reason
+
+
+def test_an_ensemble_checkpoint_loads_exports_and_refuses_a_bad_member_count(
+    folds_config: Callable[..., Config], dataset: Dataset, tmp_path: Path
+) -> None:
+    config = folds_config(folds=2)
+    result = cross_validate(config, dataset, TrainingObserver())
+    run_dir = tmp_path / "run"
+    save_checkpoint(run_dir / CHECKPOINT_NAME, result.model, config, dataset.class_names)
+    model, _, _ = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    assert np.array_equal(
+        predict_proba(model, dataset.test), predict_proba(result.model.eval(), dataset.test)
+    )
+
+    assert export_command(run_dir) == 0
+    classifier = OnnxClassifier(run_dir / ONNX_NAME)
+    assert np.allclose(
+        classifier.probabilities(dataset.test), predict_proba(model, dataset.test), atol=1e-5
+    )
+
+    checkpoint = torch.load(run_dir / CHECKPOINT_NAME, weights_only=True)
+    for members, problem in [(11, "it holds 11 models"), ("2", "its members entry is '2'")]:
+        torch.save({**checkpoint, "members": members}, tmp_path / "bad.pt")
+        with pytest.raises(DataError, match=problem):
+            load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_search_with_folds_reports_the_fold_score(
+    folds_config: Callable[..., Config], in_tmp_path: None
+) -> None:
+    config = folds_config(folds=2, max_evals=2, space={"training.lr": {"choice": [1e-3, 3e-3]}})
+    assert tune_command(config, quiet=True) == 0
+    docs = results(config)
+    _, children = mlflow_runs(config)
+    for doc, child in zip(docs, children, strict=True):
+        assert "2 record-grouped folds" in doc["row"]["note"]
+        assert doc["row"]["objective"] == doc["valid"]["macro_f1"]
+        assert child.data.metrics["best_epoch/macro_f1"] == pytest.approx(doc["valid"]["macro_f1"])
+        assert child.data.metrics["epochs"] == doc["row"]["epochs"] > config.training.epochs
+    report = (config.run_dir / "report.json").read_text()
+    best = max(doc["row"]["objective"] for doc in docs)
+    assert f'"best_valid_objective": {best}' in report
+
+
+def test_folds_need_the_inter_split(tmp_path: Path, small_config: Callable[..., Config]) -> None:
+    raw = small_config().model_dump(mode="json", exclude_none=True)
+    path = tmp_path / "folds.toml"
+    inter = {**raw["data"], "split": "inter", "records": RECORDS}
+    cases: list[tuple[dict[str, Any], dict[str, Any], str]] = [
+        (raw["data"], {"folds": 3}, "search.folds = 3 groups beats by record, which needs"),
+        (inter, {"folds": 1}, "search.folds = 1: one fold validates on nothing"),
+        (
+            inter,
+            {"folds": 2, "pruning": "asha", "grace_epochs": 1},
+            "search.pruning = 'asha' with search.folds = 2: a trial's folds are separate",
+        ),
+    ]
+    for data, search, message in cases:
+        raw["data"], raw["search"] = data, {**raw["search"], **search}
+        path.write_text(tomli_w.dumps(raw))
+        done = subprocess.run(
+            [sys.executable, "hypertune.py", "tune", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
