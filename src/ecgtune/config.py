@@ -773,6 +773,28 @@ class SearchConfig(Section):
     reduction_factor: int = Field(
         3, ge=2, le=100, description="asha: eta, the rungs' spacing and the share kept (1/eta)"
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: hyperopt in this process, one trial at a time | ray: Ray Tune "
+        "(pip install -e '.[ray]'), several trials at once, on this machine or a cluster",
+    )
+    max_concurrent: int = Field(1, ge=1, le=1000, description="ray: trials trained at once")
+    cpus_per_trial: float = Field(
+        1.0, gt=0, le=1024, description="ray: CPUs each trial holds (its torch threads)"
+    )
+    gpus_per_trial: float = Field(
+        0.0, ge=0, le=64, description="ray: GPUs each trial holds; 0.25 packs four on one GPU"
+    )
+    ray_address: str = Field(
+        "",
+        description="ray: '' starts Ray on this machine; 'auto' or 'host:port' joins a running "
+        "cluster (ray start --head)",
+    )
+    ray_storage: str = Field(
+        "",
+        description="ray: where Ray keeps trial checkpoints and its saved search; '' = under "
+        "the run directory; on a cluster a path or URI every node can reach",
+    )
     space: dict[str, Distribution] = Field(
         default_factory=dict, description="dotted config key -> hyperopt distribution"
     )

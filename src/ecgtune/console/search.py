@@ -189,6 +189,8 @@ class SearchDisplay(TrialObserver, TrainingObserver):
             console=console,
         )
         self.trial_task: TaskID | None = None
+        self.trial_tasks: dict[int, TaskID] = {}
+        """The progress bar of each trial in flight (the Ray engine trains several at once)."""
         self.live = (
             Live(self._renderable(), console=console, refresh_per_second=4, transient=True)
             if live
@@ -225,14 +227,13 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         self.trial = trial.number
         if self.live is None:
             self.log(f"trial {trial.number} started: {short_values(trial.values)}")
-            return self
-        if self.trial_task is not None:
-            self.trial_progress.remove_task(self.trial_task)
+            return TrialEvents(self, trial.number, None)
         self.trial_task = self.trial_progress.add_task(
             "trial", total=None, trial=trial.number, epoch="-", loss="-", valid=""
         )
+        self.trial_tasks[trial.number] = self.trial_task
         self._refresh()
-        return self
+        return TrialEvents(self, trial.number, self.trial_task)
 
     def on_train_start(self, config: Config, model: nn.Module, n_train: int) -> None:
         self.epochs = config.training.epochs
@@ -269,8 +270,8 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         self.search_progress.update(
             self.search_task, completed=len(self.rows), best=self._best(), eta=self._eta()
         )
-        if self.trial_task is not None:
-            self.trial_progress.remove_task(self.trial_task)
+        if (task := self.trial_tasks.pop(row.number, None)) is not None:
+            self.trial_progress.remove_task(task)
             self.trial_task = None
         if row.ok:
             mark = " (best so far)" if is_best else ""
@@ -307,3 +308,33 @@ class SearchDisplay(TrialObserver, TrainingObserver):
     def _refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._renderable(), refresh=True)
+
+
+class TrialEvents(TrainingObserver):
+    """One trial's training events to the display, which may show several trials at once
+    (the Ray engine trains them concurrently): each event is shown as its own trial's, with
+    its own progress bar and epoch count."""
+
+    def __init__(self, display: SearchDisplay, number: int, task: TaskID | None) -> None:
+        self.display = display
+        self.number = number
+        self.task = task
+        self.epochs = 0
+
+    def select(self) -> SearchDisplay:
+        self.display.trial, self.display.trial_task = self.number, self.task
+        self.display.epochs = self.epochs
+        return self.display
+
+    def on_train_start(self, config: Config, model: nn.Module, n_train: int) -> None:
+        self.select().on_train_start(config, model, n_train)
+        self.epochs = self.display.epochs
+
+    def on_epoch_start(self, epoch: int, n_batches: int) -> None:
+        self.select().on_epoch_start(epoch, n_batches)
+
+    def on_batch_end(self, beats: int, loss: float) -> None:
+        self.select().on_batch_end(beats, loss)
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.select().on_epoch_end(record)

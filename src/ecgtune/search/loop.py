@@ -67,8 +67,26 @@ from ecgtune.training import (
 BEST_CONFIG = "best_config.toml"
 REPORT = "report.json"
 FIGURE = "confusion_matrix.png"
-SETTINGS_KEYS = ("algorithm", "max_evals", "timeout", "no_progress_evals", "startup_evals")
-"""``search.*`` keys that may change between runs of one search (the rest may not)."""
+ENGINE_KEYS = (
+    "engine",
+    "max_concurrent",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "ray_address",
+    "ray_storage",
+)
+"""``search.*`` keys of the engine: where the trials run, not what they compute (each engine
+keeps its own saved search, so a search is resumed by the engine that made it)."""
+SETTINGS_KEYS = (
+    "algorithm",
+    "max_evals",
+    "timeout",
+    "no_progress_evals",
+    "startup_evals",
+    *ENGINE_KEYS,
+)
+"""``search.*`` keys that may change between runs of one search (the rest may not): how many
+trials and when to stop, and where and how many at once they run."""
 FREE_KEYS = (
     "tracking.",
     "training.device",
@@ -196,7 +214,11 @@ def seeded_by_trial(suggest: Callable[..., Any], seed: int) -> Callable[..., Any
 
 def trials_without_progress(trials: Trials, objective: str) -> int:
     """Finished trials since the best one (all of them if none succeeded)."""
-    rows = finished_rows(trials)
+    return rows_without_progress(finished_rows(trials), objective)
+
+
+def rows_without_progress(rows: list[TrialRow], objective: str) -> int:
+    """:func:`trials_without_progress` of any engine's finished trials."""
     best = best_row(rows, objective)
     return len(rows) if best is None else sum(row.number > best.number for row in rows)
 

@@ -1,0 +1,161 @@
+"""The Ray engine's saved search in ``<run_dir>/ray_trials.json``: the search's metadata and
+every finished trial's row and validation figures, as the driver recorded them.
+
+Ray keeps its own saved experiment (the searcher's state, the scheduler's rungs, the trials'
+checkpoints) under ``search.ray_storage``; this file is ecgtune's record of what the driver
+has reported: which trials MLflow, TensorBoard and the display have heard end, so that a
+resumed search never reports a trial twice. It is written atomically after every trial and
+read with :mod:`json` only, every field checked (a planted or corrupt file is refused in one
+line, as ``trials.json`` is). This module imports no Ray: ``tune`` reads it to refuse a local
+search over a Ray one without Ray installed.
+
+The file::
+
+    {"format": "ecgtune-ray-trials", "version": 1,
+     "attachments": {"ecgtune": {"identity": {...}, "parent_run_id": "...", "search_id": "..."}},
+     "trials": [{"row": {"number": 0, "status": "ok", ...}, "valid": {"macro_f1": 0.8, ...}}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, get_args
+
+from ecgtune.data.files import atomic_write
+from ecgtune.errors import DataError
+from ecgtune.search.store import (
+    CHECKPOINT_DIR,
+    FRESH,
+    METADATA,
+    TrialsFileError,
+    checked_metadata,
+    invalid,
+    is_integer,
+    is_number,
+    member,
+    rename_with_stamp,
+)
+from ecgtune.search.trials import TrialRow, TrialStatus
+
+RAY_TRIALS_FILE = "ray_trials.json"
+RAY_DIR = "ray"
+"""Ray's saved experiments when ``search.ray_storage`` is empty: ``<run_dir>/ray/<search id>``."""
+FORMAT = "ecgtune-ray-trials"
+VERSION = 1
+
+
+@dataclass
+class RaySearchRecord:
+    """What the driver has recorded: the search's metadata, and the finished trials' rows and
+    validation figures (of their best epoch) by trial number."""
+
+    metadata: dict[str, Any]
+    rows: list[TrialRow] = field(default_factory=list)
+    valid: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, row: TrialRow, valid: dict[str, float]) -> None:
+        self.rows.append(row)
+        self.valid[row.number] = valid
+
+
+class RayTrialStore:
+    """``ray_trials.json`` in ``run_dir``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / RAY_TRIALS_FILE
+
+    def load(self) -> RaySearchRecord | None:
+        """The saved record, or None when there is none; anything but a well-formed file is
+        refused with a DataError."""
+        if not self.path.exists():
+            return None
+        try:
+            saved = json.loads(self.path.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise DataError(
+                f"{self.path}: cannot read the saved search ({reason}); {FRESH}"
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{self.path}: not a UTF-8 JSON file ({exc}); {FRESH}") from None
+        try:
+            return record_from_saved(saved)
+        except TrialsFileError as exc:
+            raise DataError(f"{self.path}: {exc}; {FRESH}") from None
+
+    def save(self, record: RaySearchRecord) -> None:
+        """Atomically: a resumed search sees the old file or the new one."""
+        saved = {
+            "format": FORMAT,
+            "version": VERSION,
+            "attachments": {METADATA: record.metadata},
+            "trials": [
+                {"row": asdict(row), "valid": record.valid.get(row.number, {})}
+                for row in record.rows
+            ],
+        }
+        with atomic_write(self.path) as stream:
+            stream.write(json.dumps(saved, indent=1).encode("utf-8"))
+
+    def set_aside(self) -> Path | None:
+        """``--fresh``: rename the record, the checkpoints and Ray's experiments under the run
+        directory with a timestamp; returns the renamed record, if any."""
+        if not self.path.exists():
+            return None
+        stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+        kept = rename_with_stamp(self.path, stamp)
+        for name in (CHECKPOINT_DIR, RAY_DIR):
+            if (self.run_dir / name).exists():
+                os.replace(self.run_dir / name, self.run_dir / f"{name}.{stamp}")
+        return kept
+
+
+def record_from_saved(saved: object) -> RaySearchRecord:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise TrialsFileError(f'not an ecgtune Ray trials file (no "format": "{FORMAT}")')
+    version = saved.get("version")
+    if version != VERSION:
+        raise invalid("version", version, f"{VERSION}, the format this ecgtune reads")
+    record = RaySearchRecord(checked_metadata(member(saved, "attachments", "", dict)))
+    for index, entry in enumerate(member(saved, "trials", "", list)):
+        where = f"trials[{index}]"
+        if not isinstance(entry, dict):
+            raise invalid(where, entry, "an object")
+        row = checked_row(member(entry, "row", f"{where}.", dict), f"{where}.row")
+        if row.number in record.valid:
+            raise TrialsFileError(f"trial number {row.number} is saved twice")
+        record.add(row, checked_figures(member(entry, "valid", f"{where}.", dict), where))
+    return record
+
+
+ROW_TYPES: dict[str, tuple[str, Any]] = {
+    "number": ("a trial number", lambda v: is_integer(v) and v >= 0),
+    "status": (f"one of {get_args(TrialStatus)}", lambda v: v in get_args(TrialStatus)),
+    "values": ("an object", lambda v: isinstance(v, dict)),
+    "objective": ("a number or null", lambda v: v is None or is_number(v)),
+    "epochs": ("a count of epochs", lambda v: is_integer(v) and v >= 0),
+    "seconds": ("a number of seconds", is_number),
+    "note": ("a string", lambda v: isinstance(v, str)),
+}
+"""Each field of a saved :class:`TrialRow`: what it must be, and the check."""
+
+
+def checked_row(row: dict[str, Any], where: str) -> TrialRow:
+    for key, (expected, check) in ROW_TYPES.items():
+        if not check(member(row, key, f"{where}.")):
+            raise invalid(f"{where}.{key}", row[key], expected)
+    if set(row) != set(ROW_TYPES):
+        raise TrialsFileError(f"{where} has other fields than {', '.join(ROW_TYPES)}")
+    return TrialRow(**row)
+
+
+def checked_figures(figures: dict[str, Any], where: str) -> dict[str, float]:
+    for name, value in figures.items():
+        if not is_number(value):
+            raise invalid(f"{where}.valid.{name}", value, "a number")
+    return figures
