@@ -460,8 +460,9 @@ def test_a_second_run_of_the_same_experiment_is_refused_at_once(
     assert len(error.splitlines()) == 1
     process.kill()
     process.wait()
-    _, children = mlflow_runs(config)
-    assert [run.info.run_name for run in children] == ["trial-000", "trial-001"]
+    _, children = mlflow_runs(config)  # one parent: the refused run started none
+    names = [run.info.run_name for run in children]
+    assert len(names) >= 2 and names == [f"trial-{number:03d}" for number in range(len(names))]
 
 
 def test_unwritable_output_is_refused_before_any_work(
