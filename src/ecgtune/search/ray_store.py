@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 from ecgtune.data.files import atomic_write
-from ecgtune.errors import DataError
 from ecgtune.search.store import (
     CHECKPOINT_DIR,
-    FRESH,
     METADATA,
     TrialsFileError,
     checked_metadata,
@@ -37,6 +35,7 @@ from ecgtune.search.store import (
     is_integer,
     is_number,
     member,
+    read_saved_search,
     rename_with_stamp,
 )
 from ecgtune.search.trials import TrialRow, TrialStatus
@@ -74,19 +73,7 @@ class RayTrialStore:
         refused with a DataError."""
         if not self.path.exists():
             return None
-        try:
-            saved = json.loads(self.path.read_bytes().decode("utf-8"))
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise DataError(
-                f"{self.path}: cannot read the saved search ({reason}); {FRESH}"
-            ) from None
-        except (ValueError, RecursionError) as exc:
-            raise DataError(f"{self.path}: not a UTF-8 JSON file ({exc}); {FRESH}") from None
-        try:
-            return record_from_saved(saved)
-        except TrialsFileError as exc:
-            raise DataError(f"{self.path}: {exc}; {FRESH}") from None
+        return read_saved_search(self.path, record_from_saved)
 
     def save(self, record: RaySearchRecord) -> None:
         """Atomically: a resumed search sees the old file or the new one."""

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import numpy as np
 from hyperopt import Trials
@@ -70,19 +71,7 @@ class TrialStore:
                     f"unpickling a file can run any code in it; {FRESH}"
                 )
             return None
-        try:
-            saved = json.loads(self.path.read_bytes().decode("utf-8"))
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise DataError(
-                f"{self.path}: cannot read the saved search ({reason}); {FRESH}"
-            ) from None
-        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-            raise DataError(f"{self.path}: not a UTF-8 JSON file ({exc}); {FRESH}") from None
-        try:
-            return trials_from_saved(saved)
-        except TrialsFileError as exc:
-            raise DataError(f"{self.path}: {exc}; {FRESH}") from None
+        return read_saved_search(self.path, trials_from_saved)
 
     def save(self, trials: Trials) -> None:
         """Atomically: a reader (or a resumed search) sees the old file or the new one."""
@@ -118,6 +107,25 @@ class TrialStore:
         for path in self.checkpoints.glob("trial-*.pt"):
             if path != keep:
                 path.unlink()
+
+
+Saved = TypeVar("Saved")
+
+
+def read_saved_search(path: Path, parse: Callable[[object], Saved]) -> Saved:
+    """A saved search file read as JSON only and checked by ``parse`` (which raises
+    :class:`TrialsFileError`); any problem is one DataError naming the file."""
+    try:
+        saved = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"{path}: cannot read the saved search ({reason}); {FRESH}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise DataError(f"{path}: not a UTF-8 JSON file ({exc}); {FRESH}") from None
+    try:
+        return parse(saved)
+    except TrialsFileError as exc:
+        raise DataError(f"{path}: {exc}; {FRESH}") from None
 
 
 def rename_with_stamp(path: Path, stamp: str) -> Path:
