@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_search import RECORDS, SMALL_CNN
 from machine import machine, write_results
 from mlflow import MlflowClient
 
@@ -39,7 +40,6 @@ from ecgtune.config import Config, validate_config
 from ecgtune.tracking.mlflow_runs import PARENT_TAG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECORDS = ["100", "105", "106", "119", "200", "201", "203", "208", "209", "213", "223", "232"]
 PACKAGES = ("torch", "hyperopt", "mlflow", "ray", "numpy")
 SPACE: dict[str, Any] = {
     "training.lr": {"loguniform": [1e-5, 3e-2]},
@@ -95,16 +95,7 @@ def search_config(args: argparse.Namespace, setup: str, seed: int, folder: Path)
             "records": RECORDS,
             "cache_dir": str(folder.parent / "cache"),
         },
-        "model": {
-            "conv_layers": 3,
-            "channels": [8, 16, 16],
-            "kernel_sizes": [7, 5, 3],
-            "dilations": [1, 1, 1],
-            "pooling": ["max", "max", "max"],
-            "se_blocks": False,
-            "residual": False,
-            "fc_sizes": [32],
-        },
+        "model": SMALL_CNN,
         "training": {
             "epochs": 6,
             "early_stopping_patience": 3,

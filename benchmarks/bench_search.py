@@ -33,6 +33,17 @@ from ecgtune.search.store import TRIALS_FILE, TrialStore
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ["100", "105", "106", "119", "200", "201", "203", "208", "209", "213", "223", "232"]
 PACKAGES = ("torch", "hyperopt", "mlflow", "numpy")
+SMALL_CNN: dict[str, Any] = {
+    "conv_layers": 3,
+    "channels": [8, 16, 16],
+    "kernel_sizes": [7, 5, 3],
+    "dilations": [1, 1, 1],
+    "pooling": ["max", "max", "max"],
+    "se_blocks": False,
+    "residual": False,
+    "fc_sizes": [32],
+}
+"""The small CNN the search benchmarks train (bench_scaling.py too): a trial takes seconds."""
 SPACE: dict[str, Any] = {
     "training.lr": {"loguniform": [1e-4, 3e-2]},
     "model.conv_layers": {"choice": [1, 2, 3]},
@@ -71,16 +82,7 @@ def problem_config(args: argparse.Namespace, folder: Path, algorithm: str, seed:
                 "max_beats_per_record": 600,
                 "cache_dir": str(folder / "cache"),
             },
-            "model": {
-                "conv_layers": 3,
-                "channels": [8, 16, 16],
-                "kernel_sizes": [7, 5, 3],
-                "dilations": [1, 1, 1],
-                "pooling": ["max", "max", "max"],
-                "se_blocks": False,
-                "residual": False,
-                "fc_sizes": [32],
-            },
+            "model": SMALL_CNN,
             "training": {"epochs": 2, "batch_size": 64, "num_threads": args.threads},
             "search": {
                 "algorithm": algorithm,
