@@ -25,8 +25,9 @@ What runs where:
   trial's model where ``evaluate_rows`` finds it. Workers never touch the MLflow store.
 
 Resuming: the same command after a crash, kill -9 or Ctrl-C restores Ray's experiment
-(``Tuner.restore``: unfinished trials run again from their start) and the driver skips the
-trials it has already recorded, so no trial gets a second finished MLflow run. Ray pickles
+(``Tuner.restore``: unfinished trials run again from their start, :class:`TrainsFromItsStart`)
+and the driver skips the trials it has already recorded, so no trial gets a second finished
+MLflow run. Ray pickles
 its callbacks, searcher and limiter with the experiment; they hold nothing of the driver and
 read it (and this run's ``max_concurrent``, ``max_evals``, ``no_progress_evals`` and
 ``timeout``) from :func:`attached_driver`, so a resumed search runs with the settings it was
@@ -316,6 +317,21 @@ def run_trial(trial: dict[str, Any], space: SearchSpace, dataset: Dataset) -> No
         report_with_model(final, result.model, config, dataset.class_names)
     else:
         tune.report(final)
+
+
+class TrainsFromItsStart:
+    """Mixed into Ray's trainable of :func:`run_trial` (Ray's ``__mixins__``): a trial that Ray
+    runs again (its worker died, or a resumed search) trains from its first epoch without
+    asking for its last checkpoint, which :func:`run_trial` never reads. Ray's own restore
+    would first demand that checkpoint, and Ray may have deleted it (``num_to_keep = 1``)
+    before its saved experiment caught up: with the driver killed in between, the trial
+    failed three times on a folder it does not need."""
+
+    def restore(self, checkpoint_path: Any) -> None:
+        """Nothing to restore: the trial starts over, its epochs counted from one."""
+
+
+run_trial.__mixins__ = (TrainsFromItsStart,)  # type: ignore[attr-defined]  # read by Ray
 
 
 # --------------------------------------------------------------------- the driver's Ray side
