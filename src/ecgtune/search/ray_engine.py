@@ -794,6 +794,9 @@ class RaySearch:
                 scheduler=asha_scheduler(self.config),
                 num_samples=MAX_TRIALS,
                 trial_dirname_creator=trial_dirname,
+                # a new worker process per trial costs about a second and a half (Python, torch
+                # and ecgtune imported again): a worker trains one trial after another
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=name,
