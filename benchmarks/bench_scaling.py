@@ -13,8 +13,9 @@ apart as ``startup_seconds``. Per setup and seed: trials finished within the bud
 ones count: they are finished trials), per hour; the best validation macro-F1 over time; the
 mean trial duration. The summary compares, over the seeds: ASHA's trials per hour and best
 objective against no pruning, Ray at concurrency 1 against local per trial (same trials: at
-concurrency 1 Ray's HyperOptSearch proposes the local engine's points), and two 1-thread trials
-at once against one 2-thread trial.
+concurrency 1 Ray's HyperOptSearch proposes the local engine's points: the mean of the trials'
+ratios, and the ratio of their summed durations), and two 1-thread trials at once against one
+2-thread trial.
 
     .venv/bin/python benchmarks/bench_scaling.py --raw-dir ../shared/data/mitdb
 """
@@ -195,18 +196,35 @@ def mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(present), 4) if present else None
 
 
-def per_trial_ratio(ray: list[dict[str, Any]], local: list[dict[str, Any]]) -> float | None:
-    """Ray's trial duration over the local engine's, trial by trial (same seed, same trial
-    number: the same point), averaged over the trials both finished."""
-    ratios = [
-        ray_seconds / local_seconds
+def matched_trials(
+    ray: list[dict[str, Any]], local: list[dict[str, Any]]
+) -> list[tuple[float, float]]:
+    """(Ray's, the local engine's) duration of each trial both finished: same seed, same trial
+    number, the same point."""
+    return [
+        (ray_seconds, local_seconds)
         for ray_run, local_run in zip(ray, local, strict=True)
         for ray_seconds, local_seconds in zip(
             ray_run["trial_seconds"], local_run["trial_seconds"], strict=False
         )
         if local_seconds > 0
     ]
-    return round(statistics.fmean(ratios), 3) if ratios else None
+
+
+def per_trial_cost(ray: list[dict[str, Any]], local: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ray's trial durations against the local engine's: the mean of the trials' ratios (a
+    pruned trial of a second weighs as much as a full one) and the ratio of the summed
+    durations (the time a search spends), with the mean extra seconds per trial."""
+    pairs = matched_trials(ray, local)
+    if not pairs:
+        return {"trials": 0}
+    return {
+        "trials": len(pairs),
+        "mean_of_ratios": round(statistics.fmean(r / loc for r, loc in pairs), 3),
+        "ratio_of_sums": round(sum(r for r, _ in pairs) / sum(loc for _, loc in pairs), 3),
+        "extra_seconds_per_trial": round(statistics.fmean(r - loc for r, loc in pairs), 2),
+        "mean_local_trial_seconds": round(statistics.fmean(loc for _, loc in pairs), 1),
+    }
 
 
 def summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -229,7 +247,7 @@ def summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             (asha["best_valid_macro_f1"] or 0) - (base["best_valid_macro_f1"] or 0), 4
         )
     if "ray_1x2threads" in results and "local_asha" in results:
-        out["ray_c1_per_trial_cost_over_local"] = per_trial_ratio(
+        out["ray_c1_per_trial_cost_over_local"] = per_trial_cost(
             results["ray_1x2threads"], results["local_asha"]
         )
     if "ray_1x2threads" in means and "ray_2x1thread" in means:
