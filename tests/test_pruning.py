@@ -17,8 +17,10 @@ import tomli_w
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import validate_config
 from ecgtune.data import load_dataset
+from ecgtune.errors import ConfigError
 from ecgtune.metrics import compute_metrics
-from ecgtune.search.pruning import Asha, TrialPruner
+from ecgtune.search.pruning import Asha, TrialPruner, check_pruning
+from ecgtune.search.space import build_search_space
 from ecgtune.tracking.mlflow_runs import PRUNED_TAG, STATUS_TAG
 from ecgtune.training import (
     EpochRecord,
@@ -275,4 +277,26 @@ def test_a_bad_pruning_config_exits_2_with_one_line(
     )
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: {path}: {expected}"), line
+    assert line.startswith("error: ") and expected in line, line
+
+
+def test_a_grace_past_the_epochs_refuses_the_search_not_the_config() -> None:
+    """``train`` never prunes: a config with ASHA and a grace of 4 (config.toml's) validates
+    with 2 epochs (``train --set training.epochs=2``, and the model it saves loads: a
+    checkpoint's config is validated by the same schema); a search of it is refused, and so
+    is one whose space can draw fewer epochs than the grace."""
+    search = {"pruning": "asha", "grace_epochs": 4}
+    short = validate_config({"training": {"epochs": 2}, "search": search})
+    with pytest.raises(ConfigError, match=r"grace_epochs = 4 must be below training.epochs = 2"):
+        check_pruning(build_search_space(short))
+    drawn = validate_config(
+        {
+            "training": {"epochs": 8},
+            "search": {**search, "space": {"training.epochs": {"choice": [8, 3]}}},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"the fewest training.epochs the space draws = 3"):
+        check_pruning(build_search_space(drawn))
+    check_pruning(
+        build_search_space(validate_config({"training": {"epochs": 5}, "search": search}))
+    )

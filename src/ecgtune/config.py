@@ -896,22 +896,6 @@ class Config(Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _check_pruning_grace(self) -> Self:
-        search = self.search
-        if search.pruning != "none" and search.grace_epochs >= self.training.epochs:
-            raise _rule_error(
-                f"search.grace_epochs = {search.grace_epochs} must be below training.epochs "
-                f"= {self.training.epochs} when search.pruning = {search.pruning!r}: a trial "
-                f"ends at training.epochs anyway, so none could be pruned"
-            )
-        if search.pruning != "none" and search.folds:
-            raise _rule_error(
-                f"search.pruning = {search.pruning!r} with search.folds = {search.folds}: a "
-                f"trial's folds are separate trainings with no one curve to prune; use one"
-            )
-        return self
-
     @property
     def run_dir(self) -> Path:
         """One output directory per experiment."""

@@ -56,6 +56,7 @@ from ecgtune.search.loop import (
     run_trials,
     search_identity,
 )
+from ecgtune.search.pruning import check_pruning
 from ecgtune.search.ray_store import RayTrialStore
 from ecgtune.search.space import SearchSpace, build_search_space
 from ecgtune.search.store import METADATA, TrialStore
@@ -78,6 +79,7 @@ def tune_command(
     ``overrides`` say where the config came from, for the report and MLflow."""
     started = time.perf_counter()
     space = build_search_space(config)
+    check_pruning(space)
     check_model_size(config)
     check_writable(output_folders(config))
     quiet_library_logs(config.tracking.verbose)

@@ -41,7 +41,9 @@ import numpy as np
 from torch import nn
 
 from ecgtune.config import Config
+from ecgtune.errors import ConfigError
 from ecgtune.metrics import minimises
+from ecgtune.search.space import SearchSpace
 from ecgtune.training import EpochRecord, StopTraining, TrainingObserver
 
 
@@ -122,3 +124,26 @@ class TrialPruner(TrainingObserver):
         reason = self.rule.stop_reason(record.epoch, value, self.earlier)
         if reason is not None:
             raise StopTraining(reason)
+
+
+def check_pruning(space: SearchSpace) -> None:
+    """The search's pruning against its trials, before any work. Checked for a search only:
+    ``train`` trains one config to its end and never prunes, so its ``search`` keys may be
+    anything the schema allows (``train --set training.epochs=2`` on a pruned default)."""
+    search = space.base.search
+    if search.pruning == "none":
+        return
+    if search.folds:
+        raise ConfigError(
+            f"search.pruning = {search.pruning!r} with search.folds = {search.folds}: a "
+            f"trial's folds are separate trainings with no one curve to prune; use one"
+        )
+    drawn = [value for key, value, _ in space.candidate_configs() if key == "training.epochs"]
+    epochs = min([space.base.training.epochs, *drawn])
+    if search.grace_epochs >= epochs:
+        which = "the fewest training.epochs the space draws" if drawn else "training.epochs"
+        raise ConfigError(
+            f"search.grace_epochs = {search.grace_epochs} must be below {which} = {epochs} "
+            f"when search.pruning = {search.pruning!r}: a trial ends at training.epochs "
+            f"anyway, so none could be pruned"
+        )
