@@ -29,10 +29,14 @@ import ecgtune.search.loop
 import ecgtune.training
 from ecgtune.cli import main
 from ecgtune.commands.tune import tune_command
-from ecgtune.config import Config
+from ecgtune.config import Config, load_config
+from ecgtune.console import PLAIN_WIDTH, make_console
+from ecgtune.console.search import top_trials_table
 from ecgtune.data import load_dataset
 from ecgtune.metrics import ClassificationMetrics, compute_metrics, metrics_from_confusion
 from ecgtune.report import confusion_figure, load_checkpoint
+from ecgtune.search.space import build_search_space
+from ecgtune.search.trials import TrialRow
 from ecgtune.training import predict, predict_logits
 from tests.conftest import REPO_ROOT
 from tests.search_helpers import SearchConfig, mlflow_runs, results, write_config
@@ -309,6 +313,31 @@ def test_the_terminal_shows_a_header_one_column_per_searched_key_and_the_top_tri
     assert printed.count("Top 2 of 2 trials") == 1
     assert printed.count("┃ #") == 1  # one trial table, not the live one and the top one
     assert re.search(r"Done in \d+ min \d+ s", printed)
+
+
+def test_a_log_file_gets_the_default_search_table_one_line_per_trial(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output to a file or a pipe (here pytest's capture) is not bound to 80 columns: the
+    table of config.toml's search (a column per searched key) keeps a trial per line, a
+    pruned trial's long note included."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    config = load_config(REPO_ROOT / "config.toml")
+    values = build_search_space(config).values_of(config)
+    note = (
+        "pruned at epoch 4 (ASHA rung 1): validation macro_f1 0.9120 is worse than 0.9165, "
+        "the cutoff for the top 1/3 of the 3 earlier trials there"
+    )
+    rows = [
+        TrialRow(0, "ok", values, 0.9513, 19, 270.0, "early stopping"),
+        TrialRow(1, "pruned", values, 0.9120, 4, 60.0, note),
+    ]
+    console = make_console()
+    assert console.width == PLAIN_WIDTH
+    console.print(top_trials_table(rows, "macro_f1", 5, list(values)))
+    body = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in body] == ["0", "1"]
+    assert body[1].split("│")[-2].strip() == "pruned at epoch 4"
 
 
 def test_the_confusion_figure_names_its_split_and_marks_absent_classes() -> None:

@@ -96,7 +96,7 @@ def trials_table(
     keys: Sequence[str],
 ) -> Table:
     """Trials in the given order, one column per searched key; the best one in bold green,
-    pruned ones in yellow (with the epoch and rung), failed ones in red."""
+    pruned ones in yellow (with their last epoch), failed ones in red (with the reason)."""
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     names = column_names(keys)
@@ -123,11 +123,14 @@ def trials_table(
 
 
 def status_text(row: TrialRow) -> str:
-    """``ok``, a pruned trial's note (``pruned at epoch 2 (ASHA rung 1): ...``), or the status
-    with the failure reason."""
+    """``ok``, ``pruned at epoch 4``, or the status with the failure reason. A pruned trial's
+    rung and cutoff are in the line printed when it ended, in MLflow and in the trials file:
+    in a column they would fold every row of the table into a dozen lines."""
     if row.status == "ok":
         return "ok"
-    return row.note if row.status == "pruned" else f"{row.status}: {row.note}"
+    return (
+        f"pruned at epoch {row.epochs}" if row.status == "pruned" else f"{row.status}: {row.note}"
+    )
 
 
 def top_trials_table(
