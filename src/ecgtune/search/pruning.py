@@ -138,7 +138,7 @@ def check_pruning(space: SearchSpace) -> None:
             f"search.pruning = {search.pruning!r} with search.folds = {search.folds}: a "
             f"trial's folds are separate trainings with no one curve to prune; use one"
         )
-    drawn = [value for key, value, _ in space.candidate_configs() if key == "training.epochs"]
+    drawn = space.candidate_values("training.epochs")
     epochs = min([space.base.training.epochs, *drawn])
     if search.grace_epochs >= epochs:
         which = "the fewest training.epochs the space draws" if drawn else "training.epochs"

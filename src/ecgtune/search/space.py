@@ -89,6 +89,16 @@ class SearchSpace:
             for value, raw in candidate_raws(entry, self.reference, self.list_lengths):
                 yield entry.key, value, validate_config(raw, source=f"{entry.key} = {value!r}")
 
+    def candidate_values(self, key: str) -> list[Any]:
+        """The candidate values (choice options, range ends) the space gives ``key``, in
+        every sub-space that draws it; empty when the key is not searched."""
+        return [
+            value
+            for entry in self.entries
+            if entry.key == key
+            for value in _candidates(entry.distribution)
+        ]
+
     def values_of(self, config: Config) -> dict[str, Any]:
         """The searched keys' values in a validated trial config (typed, lists cut to depth);
         keys of sub-spaces the trial did not open are left out."""
