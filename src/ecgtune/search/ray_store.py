@@ -18,17 +18,14 @@ The file::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
 
-from ecgtune.data.files import atomic_write
 from ecgtune.search.store import (
     CHECKPOINT_DIR,
-    METADATA,
     TrialsFileError,
     checked_metadata,
     invalid,
@@ -37,6 +34,7 @@ from ecgtune.search.store import (
     member,
     read_saved_search,
     rename_with_stamp,
+    write_saved_search,
 )
 from ecgtune.search.trials import TrialRow, TrialStatus
 
@@ -77,17 +75,10 @@ class RayTrialStore:
 
     def save(self, record: RaySearchRecord) -> None:
         """Atomically: a resumed search sees the old file or the new one."""
-        saved = {
-            "format": FORMAT,
-            "version": VERSION,
-            "attachments": {METADATA: record.metadata},
-            "trials": [
-                {"row": asdict(row), "valid": record.valid.get(row.number, {})}
-                for row in record.rows
-            ],
-        }
-        with atomic_write(self.path) as stream:
-            stream.write(json.dumps(saved, indent=1).encode("utf-8"))
+        trials = [
+            {"row": asdict(row), "valid": record.valid.get(row.number, {})} for row in record.rows
+        ]
+        write_saved_search(self.path, FORMAT, VERSION, record.metadata, trials)
 
     def set_aside(self) -> Path | None:
         """``--fresh``: rename the record, the checkpoints and Ray's experiments under the run

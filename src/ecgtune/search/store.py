@@ -75,15 +75,9 @@ class TrialStore:
 
     def save(self, trials: Trials) -> None:
         """Atomically: a reader (or a resumed search) sees the old file or the new one."""
-        saved = {
-            "format": FORMAT,
-            "version": VERSION,
-            "attachments": {METADATA: trials.attachments[METADATA]},
-            "trials": trials._dynamic_trials,
-        }
-        text = json.dumps(saved, default=json_value, indent=1)
-        with atomic_write(self.path) as stream:
-            stream.write(text.encode("utf-8"))
+        write_saved_search(
+            self.path, FORMAT, VERSION, trials.attachments[METADATA], trials._dynamic_trials
+        )
 
     def set_aside(self) -> Path | None:
         """``--fresh``: rename the saved trials (``trials.json`` and an old ``trials.pkl``)
@@ -126,6 +120,23 @@ def read_saved_search(path: Path, parse: Callable[[object], Saved]) -> Saved:
         return parse(saved)
     except TrialsFileError as exc:
         raise DataError(f"{path}: {exc}; {FRESH}") from None
+
+
+def write_saved_search(
+    path: Path, format_name: str, version: int, metadata: dict[str, Any], trials: list[Any]
+) -> None:
+    """A saved search file, the envelope :func:`read_saved_search` reads back (format,
+    version, the search's metadata, its trials), written atomically: a reader or a resumed
+    search sees the old file or the new one."""
+    saved = {
+        "format": format_name,
+        "version": version,
+        "attachments": {METADATA: metadata},
+        "trials": trials,
+    }
+    text = json.dumps(saved, default=json_value, indent=1)
+    with atomic_write(path) as stream:
+        stream.write(text.encode("utf-8"))
 
 
 def rename_with_stamp(path: Path, stamp: str) -> Path:
