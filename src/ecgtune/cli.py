@@ -118,6 +118,12 @@ def add_record_options(command: argparse.ArgumentParser) -> None:
         help="a record lacking a lead reads its first channel not taken by another lead in "
         "its place (default: an error)",
     )
+    command.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a record with beats outside its signal or at its edges, or unknown "
+        "annotation symbols (default: they are skipped and counted)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,6 +176,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.out,
             args.first_channel,
             args.onnx,
+            args.strict,
         )
     if args.command == "export":
         from ecgtune.commands.export import export_command
@@ -185,6 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
             args.records,
             args.annotator or "atr",
             args.first_channel,
+            args.strict,
         )
     overrides: list[str] = list(args.overrides)
     if getattr(args, "max_evals", None) is not None:
@@ -217,6 +225,7 @@ def check_record_options(args: argparse.Namespace) -> None:
         "--annotator": args.annotator,
         "--lead": args.leads,
         "--first-channel": args.first_channel,
+        "--strict": args.strict,
     }
     given = [option for option, value in options.items() if value]
     if args.database is None and given:

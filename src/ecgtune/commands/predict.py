@@ -32,16 +32,16 @@ from ecgtune.commands.common import check_writable
 from ecgtune.commands.evaluate import (
     Classifier,
     load_aami_model,
+    record_probabilities,
     stand_in_notes,
     torch_classifier,
 )
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
-from ecgtune.console.evaluation import class_count_table, record_progress
-from ecgtune.data.build import pool_record_beats
+from ecgtune.console.evaluation import beat_progress, class_count_table, skip_summary
 from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
-from ecgtune.data.wfdb_database import CutRecord, choose_leads, cut_record
+from ecgtune.data.wfdb_database import CutRecord, choose_leads, cut_records
 from ecgtune.errors import DataError, UserError
 from ecgtune.export.onnx import OnnxClassifier
 
@@ -57,11 +57,13 @@ def predict_command(
     out: Path | None = None,
     first_channel: bool = False,
     onnx: Path | None = None,
+    strict: bool = False,
 ) -> int:
     """Label every beat of each record, read from ``leads`` (default: the model's), and write
     its ``.ecgtune`` and ``.csv``; 0 when done. With ``onnx`` (a file written by ``export``)
     the beats go through ONNX Runtime instead of torch; the beat rules still come from
-    ``run_dir``'s model."""
+    ``run_dir``'s model. Annotations outside a record or at its edges are skipped and counted
+    (``strict``: refused)."""
     model, config, _ = load_aami_model(run_dir)
     choice = choose_leads(leads, config.data, first_channel)
     probabilities_of = onnx_classifier(onnx) if onnx is not None else torch_classifier(model)
@@ -69,12 +71,11 @@ def predict_command(
     console = make_console()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    with record_progress(console) as progress:
-        for record, target in progress.track(
-            list(zip(records, targets, strict=True)), description="records"
-        ):
-            cut = cut_record(record, choice, config.data, beats_from(record, annotator))
-            probabilities = probabilities_of(pool_record_beats([cut.beats]))
+    jobs = [(record, beats_from(record, annotator)) for record in records]
+    cuts = cut_records(jobs, choice, config.data, strict)
+    with beat_progress(console, len(records)) as record_done:
+        for record, target, cut in zip(records, targets, cuts, strict=True):
+            probabilities = record_probabilities(probabilities_of, cut)
             predicted = probabilities.argmax(axis=1)
             write_annotation_file(target, cut, predicted)
             write_csv(target, cut, probabilities, predicted)
@@ -85,11 +86,14 @@ def predict_command(
                     "record": record.name,
                     "source": cut.source,
                     "counts": dict(zip(AAMI_CLASSES, counts, strict=True)),
+                    "skipped": cut.beats.skipped,
                 }
             )
+            record_done(len(cut.beats))
     console.print(class_count_table(rows))
-    for note in notes:
-        console.print(note)
+    for note in [*notes, skip_summary(rows)]:
+        if note is not None:
+            console.print(note)
     folders = sorted({str(target.parent) for target in targets})
     console.print(f"Wrote RECORD.{ANNOTATION_EXTENSION} and RECORD.csv in {', '.join(folders)}")
     return 0

@@ -3,7 +3,9 @@ per-record table of an evaluation, the AAMI summary line and the beats per predi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from time import perf_counter
 from typing import Any
 
 from rich.console import Console
@@ -13,6 +15,7 @@ from rich.table import Table
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
 from ecgtune.console.training import _figure
+from ecgtune.data.beats import describe_skips, total_skips
 
 
 def record_progress(console: Console) -> Progress:
@@ -24,6 +27,7 @@ def record_progress(console: Console) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=target,
         transient=True,
@@ -31,11 +35,52 @@ def record_progress(console: Console) -> Progress:
     )
 
 
+@contextmanager
+def beat_progress(console: Console, records: int) -> Iterator[Callable[[int], None]]:
+    """The record bar of :func:`record_progress` with the beats per second so far; yields the
+    function to call once per finished record with its beat count."""
+    started, beats = perf_counter(), 0
+    with record_progress(console) as progress:
+        task = progress.add_task("records", total=records, rate="")
+
+        def record_done(n_beats: int) -> None:
+            nonlocal beats
+            beats += n_beats
+            rate = beats / max(perf_counter() - started, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:,.0f} beats/s")
+
+        yield record_done
+
+
+def skip_summary(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """One line of the annotations skipped over every record (``row["skipped"]``: count by
+    reason), with the records they came from; None when none were."""
+    totals = total_skips(row["skipped"] for row in rows)
+    if not totals:
+        return None
+    where = [row["record"] for row in rows if row["skipped"]]
+    shown = ", ".join(where[:12]) + (", ..." if len(where) > 12 else "")
+    return f"Skipped annotations: {describe_skips(totals)} (records {shown}; --strict refuses them)"
+
+
 def record_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     """One line per record of an evaluation: leads, rate, beats, then S and V beats, Se and
     +P ("-" where undefined: no beats of the class, or none predicted as it)."""
     table = Table(title=title, title_justify="left")
-    for column in ("record", "leads", "Hz", "beats", "S", "S Se", "S +P", "V", "V Se", "V +P"):
+    columns = (
+        "record",
+        "leads",
+        "Hz",
+        "beats",
+        "skipped",
+        "S",
+        "S Se",
+        "S +P",
+        "V",
+        "V Se",
+        "V +P",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("record", "leads") else "right")
     s, v = AAMI_CLASSES.index("S"), AAMI_CLASSES.index("V")
     for row in rows:
@@ -45,6 +90,7 @@ def record_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
             " ".join(row["leads"]),
             f"{row['fs']:g}",
             f"{row['beats']:,}",
+            f"{sum(row['skipped'].values()):,}",
             f"{sum(confusion[s]):,}",
             _figure(row["se_S"]),
             _figure(row["ppv_S"]),

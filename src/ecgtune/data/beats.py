@@ -45,19 +45,29 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   first beats average the intervals there are, the first beat borrows its next interval); and
   the local mean divided by the record's mean. Ratios make patients with different heart rates
   comparable: a premature beat has a previous-RR ratio well below 1 whatever the patient's rate.
+* **Record edges.** A beat annotation is skipped, and counted by reason in ``RecordBeats.skipped``
+  (:data:`SKIP_REASONS`), when its sample lies outside the signal (real annotation files may hold
+  a beat at the sample just past the last one), when its R peak lies within :data:`EDGE_SECONDS`
+  of the record's first or last sample (too little of its QRS complex is in the record to cut
+  a window around it), or when its symbol is not a WFDB annotation code at all. RR
+  intervals are measured over every beat inside the signal, edge beats included; the rest of a
+  window past the record's ends is zero, as above. Known annotations that are not beats (rhythm,
+  noise, ``+``, ``~``) are neither beats nor skipped.
 * ``max_beats_per_record`` keeps the first N beats after all of the above (the record means use
   every beat), so a beat is the same whether or not the record is truncated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.ndimage import median_filter
 from scipy.signal import butter, resample_poly, sosfiltfilt
+from wfdb.io.annotation import ann_label_table
 
 from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures
 from ecgtune.data.records import Annotations, Lead
@@ -90,6 +100,16 @@ RR_SELECTIONS: dict[RRFeatures, tuple[str, ...]] = {
     "all": RR_COLUMNS,
 }
 """The columns each ``model.rr_features`` option feeds to the head."""
+WFDB_SYMBOLS = frozenset(str(symbol) for symbol in ann_label_table["symbol"])
+"""Every annotation code WFDB defines (beats and the rest): a symbol outside it is unknown."""
+EDGE_SECONDS = 0.01
+"""A beat whose R peak lies closer than this to the record's first or last sample is skipped:
+less than a quarter of the narrowest QRS complex (about 40 ms) would be in the record, too
+little to be told from the record's edge. MIT-BIH's nearest beat to an edge lies 17 ms from it
+(record 113's last), so the mitdb build keeps all of its beats."""
+OUTSIDE, EDGE, UNKNOWN = "outside the signal", "window past the edge", "unknown symbol"
+SKIP_REASONS = (OUTSIDE, EDGE, UNKNOWN)
+"""Why an annotation is skipped (module docstring, "Record edges")."""
 MEDIAN_SECONDS = (0.2, 0.6)
 """De Chazal's baseline estimate: a 200 ms median filter (removes the QRS and P waves), then a
 600 ms one (removes the T wave)."""
@@ -115,9 +135,29 @@ class RecordBeats:
     rr: NDArray[np.float32]
     samples: NDArray[np.int64]
     symbols: NDArray[np.str_]
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Annotations left out, by reason (:data:`SKIP_REASONS`); reasons with none are absent."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def skipped_beats(self) -> int:
+        """Beat annotations left out at the record's edges or outside its signal."""
+        return self.skipped.get(OUTSIDE, 0) + self.skipped.get(EDGE, 0)
+
+
+def total_skips(skips: Iterable[dict[str, int]]) -> dict[str, int]:
+    """Skipped annotations of several records added up, by reason."""
+    totals: Counter[str] = Counter()
+    for skipped in skips:
+        totals.update(skipped)
+    return dict(totals)
+
+
+def describe_skips(skipped: dict[str, int]) -> str:
+    """``"1 outside the signal, 2 window past the edge"``; ``"none"`` when nothing was."""
+    return ", ".join(f"{count:,} {reason}" for reason, count in skipped.items()) or "none"
 
 
 def aami_labels(symbols: NDArray[np.str_]) -> NDArray[np.int64]:
@@ -137,23 +177,48 @@ def segment_record(
 ) -> RecordBeats:
     """Cut every annotated beat of a record from each of its ``leads`` (rules in the module
     docstring); the leads share the record's rate."""
+    n_samples = leads[0].signal.size
     labels = aami_labels(annotations.symbols)
-    is_beat = labels >= 0
-    samples = annotations.samples[is_beat]
-    if samples.size < 2:
+    inside = (annotations.samples >= 0) & (annotations.samples < n_samples)
+    in_signal = (labels >= 0) & inside
+    if np.count_nonzero(in_signal) < 2:
         raise DataError(f"record {record}: fewer than two beat annotations, no RR interval")
-    rr = np.diff(samples) / leads[0].fs
-    per_lead = [lead_beats(lead, samples, rr, config) for lead in leads]
+    rr = np.diff(annotations.samples[in_signal]) / leads[0].fs
+    edge = round(EDGE_SECONDS * leads[0].fs)
+    samples = annotations.samples[in_signal]
+    whole = (samples >= edge) & (samples < n_samples - edge)
+    is_beat = in_signal.copy()
+    is_beat[in_signal] = whole
+    skipped = skip_counts(annotations.symbols, labels >= 0, inside, in_signal & ~is_beat)
+    per_lead = [lead_beats(lead, samples, rr, config)[whole] for lead in leads]
     signals = per_lead[0] if len(per_lead) == 1 else np.stack(per_lead, axis=1)
     keep = slice(0, config.max_beats_per_record)
     return RecordBeats(
         record=record,
         signals=signals[keep],
         labels=labels[is_beat][keep],
-        rr=rr_features(rr, config.rr_local_beats)[keep],
-        samples=samples[keep],
+        rr=rr_features(rr, config.rr_local_beats)[whole][keep],
+        samples=annotations.samples[is_beat][keep],
         symbols=annotations.symbols[is_beat][keep],
+        skipped=skipped,
     )
+
+
+def skip_counts(
+    symbols: NDArray[np.str_],
+    beat: NDArray[np.bool_],
+    inside: NDArray[np.bool_],
+    at_edge: NDArray[np.bool_],
+) -> dict[str, int]:
+    """How many annotations each :data:`SKIP_REASONS` entry leaves out: beats outside the
+    signal, beats at its edges, and symbols WFDB does not define."""
+    unknown = ~np.isin(symbols, list(WFDB_SYMBOLS))
+    counts = {
+        OUTSIDE: int(np.count_nonzero(beat & ~inside)),
+        EDGE: int(np.count_nonzero(at_edge)),
+        UNKNOWN: int(np.count_nonzero(unknown)),
+    }
+    return {reason: count for reason, count in counts.items() if count}
 
 
 def lead_beats(

@@ -113,8 +113,10 @@ def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
                 continue
             if stand_ins:
                 substituted[record] = stand_ins
-            parts.append(segment_record(record, leads, annotations, data))
-            dropped["beyond data.max_beats_per_record"] += n_beats - len(parts[-1])
+            part = segment_record(record, leads, annotations, data)
+            parts.append(part)
+            dropped.update(part.skipped)
+            dropped["beyond data.max_beats_per_record"] += n_beats - len(part) - part.skipped_beats
     beats = pool_record_beats(parts)
     if data.split == "intra":
         split = intra_split(beats.labels, data.test_fraction, data.valid_fraction, config.seed)

@@ -7,18 +7,24 @@ here is cut exactly as the model's training beats were, whatever the record's sa
 (``segment_record`` resamples it to ``data.target_hz``) and wherever its leads are stored
 (found by name, as many as the model has input channels, in its channel order). Beat positions
 come from the record's annotation file, or from the QRS detector (:mod:`~ecgtune.data.detect`,
-on the first lead); RR intervals from those same positions.
+on the first lead); RR intervals from those same positions. Beats outside the signal or at its
+edges, and unknown symbols, are skipped and counted (``RecordBeats.skipped``), or refused with
+``strict``. :func:`cut_records` reads and cuts the next records in threads while the caller
+classifies the current one (wfdb's reads and scipy's filters release the GIL).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ecgtune.config import DataConfig
-from ecgtune.data.beats import RecordBeats, segment_record
+from ecgtune.data.beats import RecordBeats, describe_skips, segment_record
 from ecgtune.data.detect import detect_beats, detected_annotations
 from ecgtune.data.records import Lead, lead_substitutions, read_annotations, read_named_leads
 from ecgtune.errors import DataError, UserError
@@ -26,6 +32,9 @@ from ecgtune.errors import DataError, UserError
 RECORDS_FILE = "RECORDS"
 SHOWN_NAMES = 12
 """Record names listed in an "unknown record" message (a database may hold thousands)."""
+CUT_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads reading and cutting records ahead of the one being classified; at most this many
+cut records wait in memory, so a database of any size holds a few records at a time."""
 
 
 @dataclass(frozen=True)
@@ -144,11 +153,12 @@ def whole_record_rules(data: DataConfig) -> DataConfig:
 
 
 def cut_record(
-    path: Path, choice: LeadChoice, data: DataConfig, annotator: str | None
+    path: Path, choice: LeadChoice, data: DataConfig, annotator: str | None, strict: bool = False
 ) -> CutRecord:
     """Every beat of the record at ``path`` (no extension), cut by ``data``'s rules from the
     chosen leads: at the beats of its ``annotator`` file, or at the beats XQRS finds on the
-    first lead when ``annotator`` is None."""
+    first lead when ``annotator`` is None. Beats outside the signal or at its edges, and
+    unknown symbols, are skipped and counted; ``strict`` refuses the record instead."""
     leads = tuple(read_named_leads(path, choice.names, choice.first_channel))
     signal = leads[0]
     if signal.fs != round(signal.fs):
@@ -163,10 +173,33 @@ def cut_record(
         annotations, source = detected_annotations(samples), "XQRS"
     else:
         annotations, source = read_annotations(path.parent, path.name, annotator), annotator
-        if annotations.samples.size and annotations.samples[-1] >= signal.signal.size:
-            raise DataError(
-                f"record {path}: its {annotator} annotations run to sample "
-                f"{annotations.samples[-1]}, past the signal's {signal.signal.size} samples"
-            )
     beats = segment_record(path.name, leads, annotations, whole_record_rules(data))
+    if strict and beats.skipped:
+        raise DataError(
+            f"record {path}: annotations skipped at the record's edges or unknown: "
+            f"{describe_skips(beats.skipped)} (--strict; without it they are skipped and counted)"
+        )
     return CutRecord(leads, beats, source)
+
+
+def cut_records(
+    jobs: Sequence[tuple[Path, str | None]],
+    choice: LeadChoice,
+    data: DataConfig,
+    strict: bool = False,
+) -> Iterator[CutRecord]:
+    """:func:`cut_record` of each ``(path, annotator)``, in order, with up to
+    :data:`CUT_WORKERS` records read and cut ahead in threads; the first failure is raised
+    when its record's turn comes."""
+    with ThreadPoolExecutor(max_workers=CUT_WORKERS, thread_name_prefix="cut") as pool:
+        pending: deque[Future[CutRecord]] = deque()
+        try:
+            for path, annotator in jobs:
+                pending.append(pool.submit(cut_record, path, choice, data, annotator, strict))
+                if len(pending) > CUT_WORKERS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
