@@ -3,6 +3,11 @@
 * ``evaluate RUN_DIR --database RAW_DIR --first-channel``: every annotated beat of the 48
   records (109,494), reading, resampling, cutting, classifying and the report included; goal
   under 20 s on the 2-core CPU.
+* The same on a database of all 48 records resampled to 128 Hz (a PhysioNet-like rate: their
+  annotations rescaled, so a beat near a record's end can land past it and is skipped and
+  counted), for the model and for an ensemble of 3 copies of it (3x the classifying work),
+  with records read and cut one at a time (``CUT_WORKERS = 1``) and ahead in threads (the
+  default): whether the threads help on this machine.
 * ``predict RUN_DIR 100`` on record 100 (30 min 5 s) copied without its annotation file, so the
   beats come from wfdb's XQRS detector; seconds and x real time; goal >= 100x. The detector's
   own share is timed apart.
@@ -19,6 +24,7 @@ depend on the weights).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -32,14 +38,18 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import wfdb
 from machine import machine, write_results
+from scipy.signal import resample_poly
 
 from ecgtune.cli import main as cli_main
 from ecgtune.config import load_config
-from ecgtune.data import load_dataset
+from ecgtune.data import load_dataset, wfdb_database
 from ecgtune.data.detect import detect_beats
 from ecgtune.data.records import read_named_leads
+from ecgtune.models.ensemble import Ensemble
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ecgtune.training import train_model
 
@@ -48,6 +58,8 @@ HYPERTUNE = REPO_ROOT / "hypertune.py"
 TRAIN_RECORDS = ["100", "106", "119", "200", "208", "209", "221", "232"]
 PACKAGES = ("torch", "numpy", "scipy", "wfdb", "rich")
 PREDICTED_RECORD = "100"
+OTHER_HZ = 128
+ENSEMBLE_MEMBERS = 3
 
 
 def parse_args() -> argparse.Namespace:
@@ -121,6 +133,66 @@ def record_copy(raw_dir: Path, folder: Path) -> Path:
     return folder / PREDICTED_RECORD
 
 
+def resampled_database(raw_dir: Path, folder: Path, fs: int) -> Path:
+    """Every record of ``raw_dir`` at ``fs`` Hz in ``folder`` (both leads resampled, the
+    annotation samples rescaled), with a ``RECORDS`` file."""
+    folder.mkdir()
+    records = sorted(path.stem for path in raw_dir.glob("*.hea"))
+    for record in records:
+        source = wfdb.rdrecord(str(raw_dir / record))
+        signal = resample_poly(source.p_signal, fs, int(source.fs), axis=0)
+        wfdb.wrsamp(
+            record,
+            fs=fs,
+            units=source.units,
+            sig_name=source.sig_name,
+            p_signal=signal,
+            fmt=["212"] * signal.shape[1],
+            adc_gain=[200.0] * signal.shape[1],
+            baseline=[0] * signal.shape[1],
+            write_dir=str(folder),
+        )
+        annotation = wfdb.rdann(str(raw_dir / record), "atr")
+        samples = np.rint(annotation.sample * fs / source.fs).astype(np.int64)
+        wfdb.wrann(record, "atr", samples, symbol=annotation.symbol, fs=fs, write_dir=str(folder))
+    (folder / "RECORDS").write_text("\n".join(records) + "\n", encoding="utf-8")
+    return folder
+
+
+def ensemble_run(run_dir: Path, folder: Path, members: int) -> Path:
+    """A run whose checkpoint holds ``members`` copies of ``run_dir``'s model as an ensemble."""
+    model, config, class_names = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    ensemble = Ensemble([copy.deepcopy(model) for _ in range(members)])
+    folder.mkdir()
+    save_checkpoint(folder / CHECKPOINT_NAME, ensemble, config, class_names)
+    return folder
+
+
+def database_figures(run_dir: Path, database: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate --database`` in this process with records cut one at a time and ahead in
+    threads: median seconds, beats per second and the skipped annotations of each."""
+    argv = ["evaluate", str(run_dir), "--database", str(database), "--first-channel"]
+    default_workers = wfdb_database.CUT_WORKERS
+    figures: dict[str, Any] = {"command": " ".join(["python hypertune.py", *argv])}
+    for workers in (1, default_workers):
+        wfdb_database.CUT_WORKERS = workers
+        seconds = timed(in_process(argv), args.repeats)
+        report = json.loads((run_dir / f"evaluation-{database.name}.json").read_text())
+        figures[f"cut_workers_{workers}"] = {
+            "in_process_seconds": seconds,
+            "in_process_median_seconds": statistics.median(seconds),
+            "beats": report["metrics"]["n_beats"],
+            "beats_per_second": round(report["metrics"]["n_beats"] / statistics.median(seconds)),
+            "skipped": report["skipped"],
+        }
+    wfdb_database.CUT_WORKERS = default_workers
+    one, ahead = (
+        figures[f"cut_workers_{w}"]["in_process_median_seconds"] for w in (1, default_workers)
+    )
+    figures["threads_speedup"] = round(one / ahead, 2)
+    return figures
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -135,6 +207,14 @@ def main() -> None:
         evaluate["beats"] = report["metrics"]["n_beats"]
         evaluate["records"] = len(report["records"])
         evaluate["in_command_seconds"] = round(report["seconds"], 3)
+
+        database = resampled_database(args.raw_dir, scratch / f"mitdb{OTHER_HZ}", OTHER_HZ)
+        ensemble = ensemble_run(run_dir, scratch / "ensemble", ENSEMBLE_MEMBERS)
+        at_128_hz = {
+            "hz": OTHER_HZ,
+            "model": database_figures(run_dir, database, args),
+            f"ensemble_of_{ENSEMBLE_MEMBERS}": database_figures(ensemble, database, args),
+        }
 
         record = record_copy(args.raw_dir, scratch)
         predict = figures(["predict", str(run_dir), str(record), "--out", str(scratch)], args)
@@ -161,6 +241,7 @@ def main() -> None:
         },
         "goals": {"evaluate_seconds": 20, "predict_times_real_time": 100},
         "evaluate": evaluate,
+        f"evaluate_{OTHER_HZ}_hz": at_128_hz,
         "predict": predict,
     }
     write_results(args.output, result)

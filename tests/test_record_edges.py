@@ -176,6 +176,21 @@ def test_an_annotation_file_with_decreasing_samples_is_refused(
     )
 
 
+def test_a_database_with_no_beat_left_to_evaluate_is_refused(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Record 100's signal with two beats only, at its first and last samples: both skipped."""
+    for suffix in (".hea", ".dat"):
+        shutil.copy(find_mitdb_dir() / f"100{suffix}", tmp_path)
+    n = wfdb.rdheader(str(tmp_path / "100")).sig_len
+    wfdb.wrann("100", "atr", np.array([1, n - 2]), symbol=["N", "N"], write_dir=str(tmp_path))
+    assert main(["evaluate", str(run_dir), "--database", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --database {tmp_path}: no beat left to evaluate in 1 record(s) (every beat "
+        f"annotation was skipped)\n"
+    )
+
+
 def test_segment_record_counts_each_reason_and_keeps_every_other_beat() -> None:
     """Record 100 with a beat 3 samples before its end and an annotation symbol WFDB does not
     define: the same beats and labels as the record itself, and the same signals and RR features
