@@ -189,6 +189,12 @@ def test_a_database_with_no_beat_left_to_evaluate_is_refused(
         f"error: --database {tmp_path}: no beat left to evaluate in 1 record(s) (every beat "
         f"annotation was skipped)\n"
     )
+    assert main(["predict", str(run_dir), str(tmp_path / "100"), "--annotator", "atr"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: record {tmp_path / '100'}: no beat left to label (skipped: 2 window past the "
+        f"edge)\n"
+    )
+    assert not list(tmp_path.glob("100.ecgtune"))
 
 
 def test_segment_record_counts_each_reason_and_keeps_every_other_beat() -> None:

@@ -189,7 +189,10 @@ def record_probabilities(classify: Classifier, cut: CutRecord) -> NDArray[np.flo
 
 
 def confusion_of(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> NDArray[np.int64]:
-    """5 x 5 beats per (true, predicted) AAMI class."""
+    """5 x 5 beats per (true, predicted) AAMI class; zeros for a record whose every beat was
+    skipped (scikit-learn's ``confusion_matrix`` refuses empty input)."""
+    if not labels.size:
+        return np.zeros((len(AAMI_CLASSES), len(AAMI_CLASSES)), dtype=np.int64)
     matrix: NDArray[np.int64] = confusion_matrix(
         labels, predicted, labels=np.arange(len(AAMI_CLASSES))
     ).astype(np.int64)

@@ -39,6 +39,7 @@ from ecgtune.commands.evaluate import (
 from ecgtune.config import AAMI_CLASSES
 from ecgtune.console import make_console
 from ecgtune.console.evaluation import beat_progress, class_count_table, skip_summary
+from ecgtune.data.beats import describe_skips
 from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
 from ecgtune.data.wfdb_database import CutRecord, choose_leads, cut_records
@@ -75,6 +76,11 @@ def predict_command(
     cuts = cut_records(jobs, choice, config.data, strict)
     with beat_progress(console, len(records)) as record_done:
         for record, target, cut in zip(records, targets, cuts, strict=True):
+            if not len(cut.beats):
+                raise DataError(
+                    f"record {record}: no beat left to label (skipped: "
+                    f"{describe_skips(cut.beats.skipped)})"
+                )
             probabilities = record_probabilities(probabilities_of, cut)
             predicted = probabilities.argmax(axis=1)
             write_annotation_file(target, cut, predicted)
