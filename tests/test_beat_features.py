@@ -172,19 +172,25 @@ def synthetic_record(rr_seconds: list[float]) -> tuple[Lead, Annotations]:
 
 
 def test_rr_columns_on_a_short_annotation_list() -> None:
-    # Intervals 0.8 0.8 0.4 1.2 0.8 s: record mean 0.8; local mean over the last 2 intervals.
+    # Intervals 0.8 0.8 0.4 1.2 0.8 s: record mean 0.8; local mean over the last 2 intervals;
+    # the long reference (300 s) is the mean of every interval so far.
     lead, annotations = synthetic_record([0.8, 0.8, 0.4, 1.2, 0.8])
     config = DataConfig.model_validate({"rr_local_beats": 2})
     rr = segment_record("synthetic", [lead], annotations, config).rr
     local = [0.8, 0.8, 0.8, 0.6, 0.8, 1.0]  # beat 0 borrows; beat 1: one interval; then two
+    # The seconds reference (60 s) holds every interval so far; the robust and long ones leave
+    # out the 0.4 s interval, shorter than 0.9 x the 0.8 s before it.
+    seconds = [0.8, 0.8, 0.8, 2.0 / 3, 0.8, 0.8]
+    robust = [0.8, 0.8, 0.8, 0.8, 2.8 / 3, 0.9]
     previous = [0.8, 0.8, 0.8, 0.4, 1.2, 0.8]
     following = [0.8, 0.8, 0.4, 1.2, 0.8, 0.8]
     expected = [
-        [p, f, p / 0.8, f / 0.8, p / m, f / m, m / 0.8]
-        for p, f, m in zip(previous, following, local, strict=True)
+        [p, f, p / 0.8, f / 0.8, p / m, f / m, m / 0.8, *(p / t, f / t), *(p / r, f / r) * 2, p / f]
+        for p, f, m, t, r in zip(previous, following, local, seconds, robust, strict=True)
     ]
     assert rr.shape == (6, len(RR_COLUMNS)) and rr.dtype == np.float32
-    np.testing.assert_allclose(rr, expected, rtol=1e-6)
+    assert RR_COLUMNS[-1] == "qrs_width"
+    np.testing.assert_allclose(rr[:, :-1], expected, rtol=1e-6)
 
 
 def test_rr_columns_of_record_100_by_hand(mitdb_dir: Path) -> None:
@@ -208,12 +214,13 @@ def test_rr_columns_of_record_100_by_hand(mitdb_dir: Path) -> None:
             following / local,
             local / record_mean,
         ]
-        np.testing.assert_allclose(rr[k], expected, rtol=1e-5, err_msg=f"beat {k}")
+        np.testing.assert_allclose(rr[k, :7], expected, rtol=1e-5, err_msg=f"beat {k}")
 
 
 def test_the_local_mean_rr_is_causal(mitdb_dir: Path) -> None:
     """Moving beat 1000 later (its two intervals keep their sum, so the record's mean RR stays)
-    changes no feature of the beats before 999, whose intervals all end before it."""
+    changes no feature of the beats before 999, whose intervals all end before it: no local,
+    seconds, robust or long reference reads ahead."""
     config = DataConfig()
     (lead,) = read_named_leads(mitdb_dir / "100", config.leads, first_channel=True)
     annotations = read_annotations(mitdb_dir, "100")
@@ -232,9 +239,31 @@ def test_the_local_mean_rr_is_causal(mitdb_dir: Path) -> None:
 # --- the model, the config and the cache follow the features ---------------------------------
 
 
+RECORD_WIDE = {"rr_previous_by_record", "rr_next_by_record", "rr_local_by_record"}
+RHYTHM = {
+    "rr_previous_by_robust",
+    "rr_next_by_robust",
+    "rr_previous_by_long",
+    "rr_next_by_long",
+    "rr_previous_by_next",
+    "qrs_width",
+}
+COLUMNS_READ = {
+    "none": set(),
+    "raw": {"rr_previous", "rr_next"},
+    "normalised": RECORD_WIDE | {"rr_previous_by_local", "rr_next_by_local"},
+    "all": RECORD_WIDE | {"rr_previous", "rr_next", "rr_previous_by_local", "rr_next_by_local"},
+    "rhythm": RHYTHM,
+    "rhythm_record": RHYTHM | RECORD_WIDE,
+}
+"""What each ``model.rr_features`` option is documented to read (the rhythm ones at the
+default ``model.rr_reference = "robust"``); models saved before the rhythm columns existed
+(none .. all) read the same seven columns as then."""
+
+
 def test_rr_features_option_sets_the_head_width_and_the_columns_used() -> None:
     widths, signals = {}, torch.rand(3, 1, 187)
-    for option in ("none", "raw", "normalised", "all"):
+    for option, expected in COLUMNS_READ.items():
         config = validate_config({"model": {**TINY_CNN, "rr_features": option}})
         model = build_model(config, 5).eval()
         first = next(m for m in model.head.modules() if isinstance(m, nn.Linear))
@@ -242,23 +271,13 @@ def test_rr_features_option_sets_the_head_width_and_the_columns_used() -> None:
         rr = torch.rand(3, len(RR_COLUMNS))
         with torch.no_grad():
             logits = model(signals, rr)
-            for column in range(len(RR_COLUMNS)):
+            for column, name in enumerate(RR_COLUMNS):
                 changed = rr.clone()
                 changed[:, column] += 1.0
                 used = not torch.equal(model(signals, changed), logits)
-                name = RR_COLUMNS[column]
-                assert used == (
-                    option == "all"
-                    or (option == "raw" and column < 2)
-                    or (option == "normalised" and column >= 2)
-                ), f"{option}: {name}"
+                assert used == (name in expected), f"{option}: {name}"
     encoder = widths["none"]
-    assert widths == {
-        "none": encoder,
-        "raw": encoder + 2,
-        "normalised": encoder + 5,
-        "all": encoder + 7,
-    }
+    assert widths == {option: encoder + len(names) for option, names in COLUMNS_READ.items()}
 
 
 @pytest.mark.parametrize(
@@ -266,13 +285,13 @@ def test_rr_features_option_sets_the_head_width_and_the_columns_used() -> None:
     [
         (
             {"model": {"rr_features": True}},
-            r"model\.rr_features = True: takes 'none', 'raw', 'normalised' or 'all' "
-            r"\(the former true is 'raw', false is 'none'\)",
+            r"model\.rr_features = True: takes 'none', 'raw', 'normalised', 'all', 'rhythm' or "
+            r"'rhythm_record' \(the former true is 'raw', false is 'none'\)",
         ),
         (
             {"model": {"rr_features": "relative"}},
-            r"model\.rr_features = 'relative': Input should be 'none', 'raw', 'normalised' or "
-            r"'all'",
+            r"model\.rr_features = 'relative': Input should be 'none', 'raw', 'normalised', "
+            r"'all', 'rhythm' or 'rhythm_record'",
         ),
         (
             {"data": {"window": "centered", "beat_length": 100, "pre_r_seconds": 0.8}},
@@ -283,6 +302,16 @@ def test_rr_features_option_sets_the_head_width_and_the_columns_used() -> None:
         ({"data": {"normalise": "minmax"}}, r"data\.normalise = 'minmax': Input should be"),
         ({"data": {"baseline": "wavelet"}}, r"data\.baseline = 'wavelet': Input should be"),
         ({"data": {"rr_local_beats": 0}}, r"data\.rr_local_beats = 0: Input should be greater"),
+        (
+            {"model": {"rr_reference": "median"}},
+            r"model\.rr_reference = 'median': Input should be 'beats', 'seconds' or 'robust'",
+        ),
+        ({"data": {"rr_local_seconds": 0}}, r"data\.rr_local_seconds = 0: Input should be greater"),
+        (
+            {"data": {"rr_long_seconds": 7200}},
+            r"data\.rr_long_seconds = 7200: Input should be less",
+        ),
+        ({"data": {"rr_premature": 1.0}}, r"data\.rr_premature = 1\.0: Input should be less"),
     ],
 )
 def test_bad_feature_keys_are_one_line_config_errors(raw: dict[str, Any], message: str) -> None:
@@ -297,6 +326,9 @@ NEW_DATA_KEYS = {
     "normalise": "beat_zscore",
     "baseline": "median",
     "rr_local_beats": 20,
+    "rr_local_seconds": 30.0,
+    "rr_long_seconds": 600.0,
+    "rr_premature": 0.8,
 }
 
 
@@ -321,7 +353,10 @@ def test_centred_zscore_dataset_builds_caches_and_trains_with_every_loss(
     assert loaded.info["from_cache"] and not built.info["from_cache"]
     for split in ("train", "valid", "test"):
         beats = getattr(built, split)
-        assert beats.signals.shape == (len(beats), 188) and beats.rr.shape == (len(beats), 7)
+        assert beats.signals.shape == (len(beats), 188) and beats.rr.shape == (
+            len(beats),
+            len(RR_COLUMNS),
+        )
         np.testing.assert_array_equal(getattr(loaded, split).signals, beats.signals)
         np.testing.assert_array_equal(getattr(loaded, split).rr, beats.rr)
     assert built.beat_length == 188

@@ -7,7 +7,13 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
 from ecgtune.metrics import compute_metrics
 
@@ -47,6 +53,12 @@ def test_every_figure_matches_the_hand_computed_confusion_matrix() -> None:
     assert metrics.aami() == pytest.approx(
         {"se_S": 2 / 3, "ppv_S": 2 / 3, "se_V": 1.0, "ppv_V": 2 / 3}
     )
+    # Cohen's kappa: chance agreement (5*4 + 3*3 + 2*3) / 100 = 0.35, so (0.8 - 0.35) / 0.65.
+    kappa = (0.8 - 0.35) / 0.65
+    assert metrics.kappa == pytest.approx(kappa)
+    flat = metrics.as_flat_dict()
+    assert flat["jkappa"] == pytest.approx(kappa / 2 + (2 / 3 + 2 / 3 + 1.0 + 2 / 3) / 8)
+    assert flat["sv_f1"] == pytest.approx(float(f1["S"] + f1["V"]) / 2)
 
 
 def test_agrees_with_scikit_learn_on_a_random_split() -> None:
@@ -59,6 +71,7 @@ def test_agrees_with_scikit_learn_on_a_random_split() -> None:
     assert flat["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
     per_class_recall = recall_score(y_true, y_pred, average=None)
     per_class_precision = precision_score(y_true, y_pred, average=None)
+    assert flat["kappa"] == pytest.approx(cohen_kappa_score(y_true, y_pred))
     for k, name in enumerate("NSVFQ"):
         assert flat[f"recall_{name}"] == pytest.approx(per_class_recall[k])
         assert flat[f"precision_{name}"] == pytest.approx(per_class_precision[k])
@@ -115,3 +128,15 @@ def test_json_holds_the_matrix_and_every_class() -> None:
 def test_empty_split_is_an_error() -> None:
     with pytest.raises(ValueError, match="empty"):
         compute_metrics(np.array([], dtype=np.int64), np.array([], dtype=np.int64), ["N", "S"])
+
+
+def test_ectopic_summaries_count_an_absent_class_as_zero_and_need_s_and_v() -> None:
+    """No S beat in the split: its Se and +P add nothing to jκ and its F1 nothing to sv_f1, so
+    folds are scored on one scale; classes without S and V have no such figures."""
+    y_true, y_pred = labels_from_confusion([[5, 1, 0], [0, 0, 0], [0, 1, 3]])
+    flat = compute_metrics(y_true, y_pred, ["N", "S", "V"]).as_flat_dict()
+    kappa = compute_metrics(y_true, y_pred, ["N", "S", "V"]).kappa
+    assert flat["jkappa"] == pytest.approx(kappa / 2 + (3 / 4 + 1.0) / 8)
+    assert flat["sv_f1"] == pytest.approx((2 * 0.75 / 1.75) / 2)
+    binary = compute_metrics([0, 1, 1], [0, 1, 0], ["normal", "abnormal"]).as_flat_dict()
+    assert "jkappa" not in binary and "sv_f1" not in binary and "kappa" in binary

@@ -65,6 +65,7 @@ def test_model_section_lists_the_blocks_and_parameters(
     for name, block in summary_blocks(run.model):
         assert rows[f"`{name}`"] == [type(block).__name__, f"{count_parameters(block):,}"]
     assert "rr_previous_by_record" in model and '`model.rr_features = "normalised"`' in model
+    assert "its unlabelled later beats included" in model
     data = run.config.data
     assert f"{data.beat_length} samples per beat at {data.target_hz} Hz" in model
 

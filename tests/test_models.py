@@ -42,8 +42,8 @@ BATCH = 4
 REFERENCE_PARAMETERS = 841_773
 """The seeds' best model (the ModelConfig defaults), 5 classes, no RR features."""
 
-RR_WIDTH = {"none": 0, "raw": 2, "normalised": 5, "all": 7}
-"""RR features each ``model.rr_features`` option feeds to the head (of the 7 RR columns)."""
+RR_WIDTH = {"none": 0, "raw": 2, "normalised": 5, "all": 7, "rhythm": 6, "rhythm_record": 9}
+"""RR features each ``model.rr_features`` option feeds to the head (of the RR_COLUMNS)."""
 
 SMALL_CNN: dict[str, Any] = {
     "conv_layers": 3,
@@ -377,14 +377,14 @@ def test_rr_features_change_the_output_and_are_required() -> None:
     config = model_config({"rr_features": "raw"}, base=SMALL_CNN)
     model = assert_builds_and_trains(config)
     signals = torch.rand(BATCH, 1, 187)
-    normal_rr = torch.full((BATCH, 7), 0.8)
-    premature_rr = torch.tensor([[0.4, 1.2, *[0.8] * 5]] * BATCH)
+    normal_rr = torch.full((BATCH, len(RR_COLUMNS)), 0.8)
+    premature_rr = torch.tensor([[0.4, 1.2, *[0.8] * (len(RR_COLUMNS) - 2)]] * BATCH)
     assert not torch.allclose(
         eval_logits(model, signals, normal_rr), eval_logits(model, signals, premature_rr)
     )
     with pytest.raises(ValueError, match="rr_features"):
         model(signals)
-    with pytest.raises(ValueError, match=r"rr must be \(batch, 7\)"):
+    with pytest.raises(ValueError, match=rf"rr must be \(batch, {len(RR_COLUMNS)}\)"):
         model(signals, torch.zeros(BATCH, 3))
 
 
@@ -392,8 +392,8 @@ def test_without_rr_features_rr_is_ignored() -> None:
     model = build_model(model_config({}, base=SMALL_CNN), 5)
     signals = torch.rand(BATCH, 1, 187)
     assert torch.equal(
-        eval_logits(model, signals, torch.zeros(BATCH, 7)),
-        eval_logits(model, signals, torch.ones(BATCH, 7)),
+        eval_logits(model, signals, torch.zeros(BATCH, len(RR_COLUMNS))),
+        eval_logits(model, signals, torch.ones(BATCH, len(RR_COLUMNS))),
     )
 
 

@@ -44,8 +44,12 @@ from ecgtune.mitdb import MITDB_LEADS, mitdb_record_names
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 Activation = Literal["relu", "gelu", "leaky_relu", "silu"]
 Pooling = Literal["max", "avg", "none"]
-Metric = Literal["macro_f1", "balanced_accuracy", "accuracy", "loss"]
-RRFeatures = Literal["none", "raw", "normalised", "all"]
+Metric = Literal["macro_f1", "balanced_accuracy", "accuracy", "jkappa", "sv_f1", "loss"]
+RRFeatures = Literal["none", "raw", "normalised", "all", "rhythm", "rhythm_record"]
+ECTOPIC_OBJECTIVES = ("jkappa", "sv_f1")
+"""Objectives read off the S and V classes (:mod:`ecgtune.metrics`)."""
+RRReference = Literal["beats", "seconds", "robust"]
+RRHead = Literal["concat", "mlp"]
 
 MAX_CLASSES = 256
 """Most classes a csv/parquet dataset may have (labels 0..255): a label far above the classes
@@ -271,6 +275,19 @@ class DataConfig(Section):
     rr_local_beats: int = Field(
         10, ge=1, le=1000, description="RR intervals in the (causal) local mean RR"
     )
+    rr_local_seconds: float = Field(
+        60.0, gt=0, le=3600, description="the seconds and robust references: their window in s"
+    )
+    rr_long_seconds: float = Field(
+        300.0, gt=0, le=3600, description="the long reference: the robust one over this many s"
+    )
+    rr_premature: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="an interval shorter than this x the seconds reference before it is "
+        "premature, left out of the robust and long references",
+    )
     max_beats_per_record: int | None = Field(
         None,
         ge=1,
@@ -482,8 +499,23 @@ class ModelConfig(Section):
     rr_features: RRFeatures = Field(
         "none",
         description="RR features fed to the head: none | raw (previous, next in s) | "
-        "normalised (by the record's and the local mean RR) | all",
+        "normalised (by the record's and the local mean RR) | all (raw and normalised) | "
+        "rhythm (by the local and long references, previous / next, QRS width: nothing from "
+        "the whole record) | rhythm_record (rhythm and the by-record ratios)",
     )
+    rr_reference: RRReference = Field(
+        "robust",
+        description="rr_features = rhythm | rhythm_record: the local reference RR they divide "
+        "by: beats (mean of the last data.rr_local_beats intervals) | seconds (mean of the "
+        "intervals of the last data.rr_local_seconds) | robust (the same without premature "
+        "intervals)",
+    )
+    rr_head: RRHead = Field(
+        "concat",
+        description="how the RR features reach the head: concat (appended to the encoder's "
+        "output) | mlp (through their own two-layer MLP of rr_hidden units first, fused late)",
+    )
+    rr_hidden: int = Field(32, ge=2, le=512, description="rr_head = mlp: its width")
     rnn_cell: Literal["gru", "lstm"] = Field("gru", description="rnn: gru | lstm")
     hidden_size: int = Field(64, ge=4, le=1024, description="rnn: hidden units per direction")
     rnn_layers: int = Field(2, ge=1, le=6, description="rnn: stacked recurrent layers")
@@ -521,8 +553,8 @@ class ModelConfig(Section):
     def _rr_features_is_no_longer_a_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
             raise _value_error(
-                "takes 'none', 'raw', 'normalised' or 'all' (the former true is 'raw', "
-                "false is 'none')"
+                "takes 'none', 'raw', 'normalised', 'all', 'rhythm' or 'rhythm_record' (the "
+                "former true is 'raw', false is 'none')"
             )
         return value
 
@@ -539,6 +571,10 @@ class ModelConfig(Section):
             return self.kind == "cnn"
         if name in CONV_STAGE_KEYS:
             return self.kind == "cnn" or self.conv_frontend
+        if name in ("rr_head", "rr_hidden"):
+            return self.rr_features != "none" and (name == "rr_head" or self.rr_head == "mlp")
+        if name == "rr_reference":
+            return self.rr_features in ("rhythm", "rhythm_record")
         return True
 
     def stage_flags(self, key: Literal["se_blocks", "residual"]) -> list[bool]:
@@ -605,8 +641,10 @@ class TrainingConfig(Section):
     focal_weighted: bool = Field(False, description="focal loss with class weights")
     objective: Metric = Field(
         "macro_f1",
-        description="validation metric for early stopping, the best epoch and the search "
-        "(loss is minimised, the others maximised)",
+        description="validation metric for early stopping, the best epoch and the search: "
+        "macro_f1 | balanced_accuracy | accuracy | jkappa (Mar et al. 2011: kappa / 2 + the S "
+        "and V Se and +P / 8) | sv_f1 (mean of the S and V F1) | loss (minimised; the others "
+        "maximised)",
     )
     early_stopping_patience: int = Field(
         10, ge=1, le=1000, description="epochs without improvement"
@@ -875,6 +913,12 @@ class Config(Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @property
+    def has_s_and_v(self) -> bool:
+        """Whether the classes hold the AAMI S and V (mitdb, or csv/parquet naming them)."""
+        names = AAMI_CLASSES if self.data.source == "mitdb" else self.data.class_names or ()
+        return {"S", "V"} <= set(names)
+
     @model_validator(mode="after")
     def _check_model_fits_beats(self) -> Self:
         check_model_fits(self.model, self.data.beat_length)
@@ -882,6 +926,11 @@ class Config(Section):
             raise _rule_error(
                 f"model.rr_features = {self.model.rr_features!r} needs RR intervals, which "
                 f"data.source = {self.data.source!r} does not have (only 'mitdb'); use 'none'"
+            )
+        if self.training.objective in ECTOPIC_OBJECTIVES and not self.has_s_and_v:
+            raise _rule_error(
+                f"training.objective = {self.training.objective!r} scores the S and V classes: "
+                f"use data.source = 'mitdb' or data.class_names that hold 'S' and 'V'"
             )
         if self.search.folds and self.data.split != "inter":
             raise _rule_error(

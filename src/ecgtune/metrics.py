@@ -14,6 +14,12 @@ A class that is present but never predicted has precision 0 (0/0 counted as 0, a
 
 AAMI terms (EC57): sensitivity Se = recall and positive predictivity +P = precision, reported
 for the S (supraventricular ectopic) and V (ventricular ectopic) classes when they are present.
+
+The field's summaries, for a search objective that weighs what inter-patient studies report:
+``kappa`` (Cohen's, over all classes), ``jkappa``, the jκ index of Mar et al. (2011),
+κ/2 + (S Se + S +P + V Se + V +P)/8, and ``sv_f1``, the mean of the S and V F1. They exist when
+the class names hold S and V; a class absent from the split counts 0 in them (its Se and +P
+have no value), so every fold and split is scored on the same scale.
 """
 
 from __future__ import annotations
@@ -60,6 +66,25 @@ class ClassificationMetrics:
     def n_beats(self) -> int:
         return int(self.confusion.sum())
 
+    @property
+    def kappa(self) -> float:
+        """Cohen's κ: agreement beyond what the class frequencies give by chance."""
+        total = self.confusion.sum()
+        chance = float((self.confusion.sum(axis=1) * self.confusion.sum(axis=0)).sum()) / total**2
+        return (self.accuracy - chance) / (1.0 - chance) if chance < 1.0 else 0.0
+
+    def ectopic_summaries(self) -> dict[str, float]:
+        """``jkappa`` and ``sv_f1`` (module docstring) when the classes hold S and V, else {}."""
+        if not set(AAMI_REPORTED_CLASSES) <= set(self.class_names):
+            return {}
+        found = {item.name: item for item in self.per_class}
+        s, v = (found[name] for name in AAMI_REPORTED_CLASSES)
+        detection = sum((item.recall or 0.0) + (item.precision or 0.0) for item in (s, v))
+        return {
+            "jkappa": self.kappa / 2 + detection / 8,
+            "sv_f1": ((s.f1 or 0.0) + (v.f1 or 0.0)) / 2,
+        }
+
     def aami(self) -> dict[str, float]:
         """Se and +P of the AAMI S and V classes that are present: ``se_S``, ``ppv_S``, ..."""
         figures: dict[str, float] = {}
@@ -74,10 +99,11 @@ class ClassificationMetrics:
         """Flat ``name -> value`` for MLflow, TensorBoard and early stopping.
 
         Keys: ``macro_f1``, ``macro_precision``, ``macro_recall``, ``accuracy``,
-        ``balanced_accuracy``, then ``precision_<c>``, ``recall_<c>``, ``f1_<c>``,
-        ``specificity_<c>`` for every class present: one name per figure (the AAMI Se and +P
-        of S and V are ``recall_S`` and ``precision_S``...; :meth:`aami` names them so for
-        reports). Absent classes have no keys (a tracker cannot log ``None``).
+        ``balanced_accuracy``, ``kappa``, ``jkappa`` and ``sv_f1`` (with S and V), then
+        ``precision_<c>``, ``recall_<c>``, ``f1_<c>``, ``specificity_<c>`` for every class
+        present: one name per figure (the AAMI Se and +P of S and V are ``recall_S`` and
+        ``precision_S``...; :meth:`aami` names them so for reports). Absent classes have no
+        keys (a tracker cannot log ``None``).
         """
         flat = {
             "macro_f1": self.macro_f1,
@@ -85,6 +111,8 @@ class ClassificationMetrics:
             "macro_recall": self.macro_recall,
             "accuracy": self.accuracy,
             "balanced_accuracy": self.balanced_accuracy,
+            "kappa": self.kappa,
+            **self.ectopic_summaries(),
         }
         for item in self.per_class:
             for key in ("precision", "recall", "f1", "specificity"):
@@ -102,6 +130,8 @@ class ClassificationMetrics:
             "macro_precision": self.macro_precision,
             "macro_recall": self.macro_recall,
             "macro_f1": self.macro_f1,
+            "kappa": self.kappa,
+            **self.ectopic_summaries(),
             "macro_average_over": "classes present in the true labels",
             "absent_classes": list(self.absent_classes),
             "per_class": {

@@ -40,11 +40,28 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   previous and next RR interval of a beat in seconds, whatever the neighbours' class (the
   record's first beat uses its next interval as the previous one, the last beat its previous
   interval as the next one); both divided by the record's mean RR; both divided by the beat's
-  local mean RR, the mean of the last ``rr_local_beats`` intervals up to and including its
-  previous one (causal: a later beat never changes it, so it can be computed on a stream; the
-  first beats average the intervals there are, the first beat borrows its next interval); and
-  the local mean divided by the record's mean. Ratios make patients with different heart rates
-  comparable: a premature beat has a previous-RR ratio well below 1 whatever the patient's rate.
+  local mean RR, the mean of the last ``rr_local_beats`` intervals (the first beats average
+  the intervals there are); the local mean divided by the record's mean; both divided by the
+  *seconds* reference, the mean of the intervals that ended in the last ``rr_local_seconds``
+  (a short interval weighs less than in a mean over beats, so a run of premature beats pulls it
+  down less); both divided by the *robust* reference, the same without the premature
+  intervals (shorter than ``rr_premature`` x the seconds reference before them), or the
+  seconds reference where its window holds no other interval; both divided by the *long*
+  reference, the robust one over ``rr_long_seconds``; and the previous interval over the next
+  one (prematurity and compensatory pause in one number). Ratios make patients with different
+  heart rates comparable: a premature beat has a previous-RR ratio well below 1 whatever the
+  patient's rate. Every reference is causal (a later beat never changes it, so it can be
+  computed on a stream) and taken over the intervals up to and including the beat's previous
+  one; the first beat has none and borrows its next interval. Only the ``by_record`` columns
+  read the whole record, future beats included; ``model.rr_features`` picks the columns the
+  head reads (:func:`rr_selection`), ``model.rr_reference`` which local reference the
+  ``rhythm`` selections use.
+* **QRS width** (column ``qrs_width``, seconds, from the first of ``data.leads`` after
+  resampling and baseline removal): the slope ``|x[t+1] - x[t-1]| / 2`` smoothed over
+  :data:`QRS_SMOOTH_SECONDS`, within :data:`QRS_SEARCH_SECONDS` either side of the R peak; the
+  width runs from the first to the last sample there whose slope is at least
+  :data:`QRS_SLOPE_FRACTION` of the window's steepest. A wide QRS (a ventricular origin) or a
+  narrow one (supraventricular) reads the same on every gain, since the threshold is relative.
 * **Record edges.** A beat annotation is skipped, and counted by reason in ``RecordBeats.skipped``
   (:data:`SKIP_REASONS`), when its sample lies outside the signal (real annotation files may hold
   a beat at the sample just past the last one), when its R peak lies within :data:`EDGE_SECONDS`
@@ -69,7 +86,7 @@ from scipy.ndimage import median_filter
 from scipy.signal import butter, resample_poly, sosfiltfilt
 from wfdb.io.annotation import ann_label_table
 
-from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures
+from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures, RRReference
 from ecgtune.data.records import Annotations, Lead
 from ecgtune.errors import DataError
 
@@ -91,15 +108,34 @@ RR_COLUMNS = (
     "rr_previous_by_local",
     "rr_next_by_local",
     "rr_local_by_record",
+    "rr_previous_by_seconds",
+    "rr_next_by_seconds",
+    "rr_previous_by_robust",
+    "rr_next_by_robust",
+    "rr_previous_by_long",
+    "rr_next_by_long",
+    "rr_previous_by_next",
+    "qrs_width",
 )
-"""The columns of every beat's ``rr`` row (module docstring): seconds, then ratios."""
-RR_SELECTIONS: dict[RRFeatures, tuple[str, ...]] = {
+"""The columns of every beat's ``rr`` row (module docstring): seconds, ratios, the QRS width.
+New columns go at the end, so the selections of models saved before them read what they did."""
+LOCAL_PAIRS: dict[RRReference, tuple[str, str]] = {
+    "beats": ("rr_previous_by_local", "rr_next_by_local"),
+    "seconds": ("rr_previous_by_seconds", "rr_next_by_seconds"),
+    "robust": ("rr_previous_by_robust", "rr_next_by_robust"),
+}
+"""The previous and next RR over each local reference (``model.rr_reference``)."""
+RHYTHM_REST = ("rr_previous_by_long", "rr_next_by_long", "rr_previous_by_next", "qrs_width")
+BY_RECORD = ("rr_previous_by_record", "rr_next_by_record", "rr_local_by_record")
+FIXED_SELECTIONS: dict[str, tuple[str, ...]] = {
     "none": (),
     "raw": RR_COLUMNS[:2],
-    "normalised": RR_COLUMNS[2:],
-    "all": RR_COLUMNS,
+    "normalised": RR_COLUMNS[2:7],
+    "all": RR_COLUMNS[:7],
 }
-"""The columns each ``model.rr_features`` option feeds to the head."""
+"""The selections that existed before the rhythm columns: the same seven columns as then."""
+
+
 WFDB_SYMBOLS = frozenset(str(symbol) for symbol in ann_label_table["symbol"])
 """Every annotation code WFDB defines (beats and the rest): a symbol outside it is unknown."""
 EDGE_SECONDS = 0.01
@@ -110,6 +146,11 @@ little to be told from the record's edge. MIT-BIH's nearest beat to an edge lies
 OUTSIDE, EDGE, UNKNOWN = "outside the signal", "window past the edge", "unknown symbol"
 SKIP_REASONS = (OUTSIDE, EDGE, UNKNOWN)
 """Why an annotation is skipped (module docstring, "Record edges")."""
+QRS_SEARCH_SECONDS = 0.15
+"""The QRS complex is looked for this far either side of the R peak: wider than the widest
+ventricular QRS (about 0.2 s in all), short of the T wave and most P waves."""
+QRS_SMOOTH_SECONDS = 0.024
+QRS_SLOPE_FRACTION = 0.2
 MEDIAN_SECONDS = (0.2, 0.6)
 """De Chazal's baseline estimate: a 200 ms median filter (removes the QRS and P waves), then a
 600 ms one (removes the T wave)."""
@@ -167,9 +208,20 @@ def aami_labels(symbols: NDArray[np.str_]) -> NDArray[np.int64]:
     return table[inverse.reshape(-1)]
 
 
-def rr_column_indices(selection: RRFeatures) -> list[int]:
-    """Positions in :data:`RR_COLUMNS` of the columns ``model.rr_features`` selects."""
-    return [RR_COLUMNS.index(name) for name in RR_SELECTIONS[selection]]
+def rr_selection(features: RRFeatures, reference: RRReference = "beats") -> tuple[str, ...]:
+    """The columns a ``model.rr_features`` option feeds to the head: the fixed selections, or
+    ``rhythm`` (previous and next RR over the ``reference`` and over the long reference,
+    previous / next, QRS width: nothing read from the whole record) and ``rhythm_record``
+    (``rhythm`` and the by-record ratios)."""
+    if features not in ("rhythm", "rhythm_record"):
+        return FIXED_SELECTIONS[features]
+    rhythm = LOCAL_PAIRS[reference] + RHYTHM_REST
+    return rhythm + (BY_RECORD if features == "rhythm_record" else ())
+
+
+def rr_column_indices(features: RRFeatures, reference: RRReference = "beats") -> list[int]:
+    """Positions in :data:`RR_COLUMNS` of the columns :func:`rr_selection` picks."""
+    return [RR_COLUMNS.index(name) for name in rr_selection(features, reference)]
 
 
 def segment_record(
@@ -190,14 +242,20 @@ def segment_record(
     is_beat = in_signal.copy()
     is_beat[in_signal] = whole
     skipped = skip_counts(annotations.symbols, labels >= 0, inside, in_signal & ~is_beat)
-    per_lead = [lead_beats(lead, samples, rr, config)[whole] for lead in leads]
+    prepared = [prepared_signal(lead, config) for lead in leads]
+    peaks = target_peaks(samples, leads[0].fs, prepared[0].size, config)
+    per_lead = [
+        lead_beats(signal, lead, peaks, rr, config)[whole]
+        for signal, lead in zip(prepared, leads, strict=True)
+    ]
     signals = per_lead[0] if len(per_lead) == 1 else np.stack(per_lead, axis=1)
+    features = np.column_stack([rr_features(rr, config), qrs_widths(prepared[0], peaks, config)])
     keep = slice(0, config.max_beats_per_record)
     return RecordBeats(
         record=record,
         signals=signals[keep],
         labels=labels[is_beat][keep],
-        rr=rr_features(rr, config.rr_local_beats)[whole][keep],
+        rr=features.astype(np.float32)[whole][keep],
         samples=annotations.samples[is_beat][keep],
         symbols=annotations.symbols[is_beat][keep],
         skipped=skipped,
@@ -221,20 +279,52 @@ def skip_counts(
     return {reason: count for reason, count in counts.items() if count}
 
 
-def lead_beats(
-    lead: Lead, samples: NDArray[np.int64], rr: NDArray[np.float64], config: DataConfig
-) -> NDArray[np.float32]:
-    """The beats at ``samples`` (R peaks at the record's rate) cut from one lead, resampled,
-    baseline-removed and normalised on their own: float32 (beats, beat_length)."""
+def prepared_signal(lead: Lead, config: DataConfig) -> NDArray[np.float64]:
+    """One lead resampled to ``target_hz`` and without its baseline wander, as configured."""
     signal = resample_poly(lead.signal, config.target_hz, round(lead.fs), padtype="line")
-    signal = remove_baseline(signal, config)
-    peaks = np.minimum(np.rint(samples * config.target_hz / lead.fs), signal.size - 1)
-    peaks = peaks.astype(np.int64)
+    return remove_baseline(signal, config)
+
+
+def target_peaks(
+    samples: NDArray[np.int64], fs: float, n_samples: int, config: DataConfig
+) -> NDArray[np.int64]:
+    """The R peaks at ``samples`` (the record's rate) as samples of the resampled signal."""
+    peaks = np.minimum(np.rint(samples * config.target_hz / fs), n_samples - 1)
+    return peaks.astype(np.int64)
+
+
+def lead_beats(
+    signal: NDArray[np.float64],
+    lead: Lead,
+    peaks: NDArray[np.int64],
+    rr: NDArray[np.float64],
+    config: DataConfig,
+) -> NDArray[np.float32]:
+    """The beats at ``peaks`` cut from one lead's prepared signal and normalised on their own:
+    float32 (beats, beat_length); the flat threshold follows the lead's raw amplitude."""
     starts, spans = beat_extents(signal.size, peaks, rr, config)
     values, inside = read_beats(signal, starts, spans, config.beat_length)
     flat_std = FLAT_FRACTION * float(np.abs(lead.signal).max())
     normalised = normalise_beats(values, inside, signal, peaks, config, flat_std)
     return np.where(inside, normalised, 0.0).astype(np.float32)
+
+
+def qrs_widths(
+    signal: NDArray[np.float64], peaks: NDArray[np.int64], config: DataConfig
+) -> NDArray[np.float64]:
+    """Each beat's QRS width in seconds by the slope rule of the module docstring."""
+    smooth = max(round(QRS_SMOOTH_SECONDS * config.target_hz), 1)
+    slope = np.convolve(np.abs(np.gradient(signal)), np.ones(smooth) / smooth, mode="same")
+    reach = round(QRS_SEARCH_SECONDS * config.target_hz)
+    values, inside = read_beats(
+        slope, peaks - reach, np.full(peaks.size, 2 * reach + 1), 2 * reach + 1
+    )
+    values = np.where(inside, values, 0.0)
+    steep = values >= QRS_SLOPE_FRACTION * values.max(axis=1, keepdims=True)
+    first = steep.argmax(axis=1)
+    last = steep.shape[1] - 1 - steep[:, ::-1].argmax(axis=1)
+    width: NDArray[np.float64] = (last - first + 1) / config.target_hz
+    return width
 
 
 def remove_baseline(signal: NDArray[np.float64], config: DataConfig) -> NDArray[np.float64]:
@@ -357,12 +447,18 @@ def window_median_rr(
     return medians
 
 
-def rr_features(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float32]:
-    """The :data:`RR_COLUMNS` of every beat from the record's RR intervals (module docstring)."""
+def rr_features(rr: NDArray[np.float64], config: DataConfig) -> NDArray[np.float64]:
+    """The RR columns of :data:`RR_COLUMNS` (all but ``qrs_width``) of every beat from the
+    record's RR intervals (module docstring)."""
     previous = np.concatenate([rr[:1], rr])
     following = np.concatenate([rr, rr[-1:]])
     record_mean = rr.mean()
-    local = local_mean_rr(rr, local_beats)
+    local = local_mean_rr(rr, config.rr_local_beats)
+    every = np.ones(rr.size, dtype=np.bool_)
+    seconds = seconds_mean_rr(rr, config.rr_local_seconds, every)
+    regular = rr >= config.rr_premature * seconds[:-1]
+    robust = seconds_mean_rr(rr, config.rr_local_seconds, regular)
+    long = seconds_mean_rr(rr, config.rr_long_seconds, regular)
     columns = (
         previous,
         following,
@@ -371,15 +467,51 @@ def rr_features(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float32
         previous / local,
         following / local,
         local / record_mean,
+        previous / seconds,
+        following / seconds,
+        previous / robust,
+        following / robust,
+        previous / long,
+        following / long,
+        previous / following,
     )
-    return np.stack(columns, axis=1).astype(np.float32)
+    return np.stack(columns, axis=1)
+
+
+def seconds_mean_rr(
+    rr: NDArray[np.float64], seconds: float, kept: NDArray[np.bool_]
+) -> NDArray[np.float64]:
+    """Per beat, the mean of the ``kept`` intervals that ended in the ``seconds`` up to and
+    including its previous one (the end of that interval); where none is kept, the mean of all
+    of them. The first beat has no interval before it and takes its next."""
+    ends = np.cumsum(rr)
+    starts = np.searchsorted(ends, ends - seconds, side="right")
+    last = np.arange(1, rr.size + 1)
+    every = mean_between(rr, np.ones(rr.size, dtype=np.bool_), starts, last)
+    some = mean_between(rr, kept, starts, last)
+    mean = np.where(np.isnan(some), every, some)
+    return np.concatenate([rr[:1], mean])
+
+
+def mean_between(
+    values: NDArray[np.float64],
+    kept: NDArray[np.bool_],
+    starts: NDArray[np.int64],
+    stops: NDArray[np.int64],
+) -> NDArray[np.float64]:
+    """Mean of ``values[start:stop]`` over the ``kept`` entries, for every pair at once from
+    running sums; NaN where a range keeps none."""
+    sums = np.concatenate([[0.0], np.cumsum(np.where(kept, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(kept)])
+    n = counts[stops] - counts[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean: NDArray[np.float64] = (sums[stops] - sums[starts]) / n
+    return mean
 
 
 def local_mean_rr(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float64]:
     """Per beat, the mean of the last ``local_beats`` intervals up to and including its
     previous one (fewer for the first beats; the first beat has none and takes its next)."""
-    sums = np.concatenate([[0.0], np.cumsum(rr)])
     ends = np.maximum(np.arange(rr.size + 1), 1)
     starts = np.maximum(ends - local_beats, 0)
-    mean: NDArray[np.float64] = (sums[ends] - sums[starts]) / (ends - starts)
-    return mean
+    return mean_between(rr, np.ones(rr.size, dtype=np.bool_), starts, ends)

@@ -106,11 +106,21 @@ def model_section(
         f"Input: {data.beat_length} samples per beat at {data.target_hz} Hz, "
         f"{data.input_channels} channel(s)",
         f"RR features: {', '.join(rr) if rr else 'none'} (`model.rr_features = "
-        f'"{config.model.rr_features}"`)',
+        f'"{config.model.rr_features}"`){record_wide_note(rr)}',
         f"Output: {len(class_names)} classes, {', '.join(class_names)}",
     ]
     rows = [(f"`{name}`", kind, f"{params:,}") for name, kind, params in blocks]
     return "## Model\n\n" + bullets(facts) + "\n\n" + table(("block", "type", "parameters"), rows)
+
+
+def record_wide_note(rr: Sequence[str]) -> str:
+    """What a user must know when features read the whole record being classified."""
+    if not any(name.endswith("_by_record") for name in rr):
+        return ""
+    return (
+        "; the `_by_record` ones divide by the mean RR of the whole record being classified, "
+        "its unlabelled later beats included (no labels are read)"
+    )
 
 
 def data_section(config: Config, dataset: Dataset) -> str:

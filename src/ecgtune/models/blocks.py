@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ecgtune.config import Activation, RRFeatures
+from ecgtune.config import Activation, RRFeatures, RRHead, RRReference
 from ecgtune.data.beats import RR_COLUMNS, rr_column_indices
 
 GlobalPoolName = Literal["avg", "max", "avgmax", "adaptive"]
@@ -258,19 +258,31 @@ def classifier_head(
     return nn.Sequential(OrderedDict(layers))
 
 
-def rr_width(rr_features: RRFeatures) -> int:
-    """RR features the head takes besides the encoder's output for ``model.rr_features``."""
-    return len(rr_column_indices(rr_features))
+def rr_path(
+    width: int, rr_head: RRHead, hidden: int, activation: Activation
+) -> tuple[nn.Module, int]:
+    """What ``width`` selected RR features go through before the head, and the width they
+    reach it with: nothing (``concat``), or their own two-layer MLP (``mlp``), so that a
+    handful of rhythm numbers reaches the head as wide as a learnt code of them, not as a few
+    columns beside hundreds of morphology features."""
+    if rr_head == "concat" or width == 0:
+        return nn.Identity(), width
+    mlp = nn.Sequential(
+        LinearAct(width, hidden, activation, 0.0), LinearAct(hidden, hidden, activation, 0.0)
+    )
+    return mlp, hidden
 
 
 class BeatClassifier(nn.Module):
-    """Encoder (beat to feature vector), the selected RR features appended, then the head.
+    """Encoder (beat to feature vector), the selected RR features through their path, then
+    the head.
 
     ``forward(signals (batch, channels, length), rr (batch, len(RR_COLUMNS)) | None) -> logits
     (batch, classes)``. ``rr`` holds every RR column the data layer computes; the model takes
     the ones ``model.rr_features`` selects (``rr_index``, a buffer outside the state dict: it
-    follows from the config). ``rr`` is required when the selection is not empty and ignored
-    otherwise, so a trainer can always pass it.
+    follows from the config) and passes them through ``rr_encoder`` (``model.rr_head``). ``rr``
+    is required when the selection is not empty and ignored otherwise, so a trainer can always
+    pass it.
     """
 
     rr_index: Tensor
@@ -281,13 +293,16 @@ class BeatClassifier(nn.Module):
         head: nn.Sequential,
         in_channels: int,
         rr_features: RRFeatures,
+        rr_encoder: nn.Module | None = None,
+        rr_reference: RRReference = "beats",
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.rr_encoder = nn.Identity() if rr_encoder is None else rr_encoder
         self.head = head
         self.in_channels = in_channels
         self.rr_features = rr_features
-        index = torch.tensor(rr_column_indices(rr_features), dtype=torch.long)
+        index = torch.tensor(rr_column_indices(rr_features, rr_reference), dtype=torch.long)
         self.register_buffer("rr_index", index, persistent=False)
 
     def forward(self, signals: Tensor, rr: Tensor | None = None) -> Tensor:
@@ -298,7 +313,8 @@ class BeatClassifier(nn.Module):
             )
         features = self.encoder(signals)
         if self.rr_index.numel():
-            features = torch.cat([features, self._selected_rr(rr, features)], dim=1)
+            rhythm = self.rr_encoder(self._selected_rr(rr, features))
+            features = torch.cat([features, rhythm], dim=1)
         logits: Tensor = self.head(features)
         return logits
 

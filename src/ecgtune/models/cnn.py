@@ -11,6 +11,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ecgtune.config import ModelConfig
+from ecgtune.data.beats import rr_column_indices
 from ecgtune.models.blocks import (
     BeatClassifier,
     ConvNormAct,
@@ -20,7 +21,7 @@ from ecgtune.models.blocks import (
     TemporalSelfAttention,
     classifier_head,
     residual_block,
-    rr_width,
+    rr_path,
     stage_pool,
 )
 
@@ -74,13 +75,14 @@ def assemble_classifier(
     encoder: NamedLayers, features: int, model: ModelConfig, n_classes: int, in_channels: int
 ) -> BeatClassifier:
     """The encoder layers (ending in ``features`` per beat) joined to the head; the RR
-    features ``model.rr_features`` selects widen the head's input."""
+    features ``model.rr_features`` selects widen the head's input, through their own path
+    (``model.rr_head``)."""
+    selected = len(rr_column_indices(model.rr_features, model.rr_reference))
+    rr_encoder, rr_width = rr_path(selected, model.rr_head, model.rr_hidden, model.activation)
     head = classifier_head(
-        features + rr_width(model.rr_features),
-        model.fc_sizes,
-        model.activation,
-        model.dropout,
-        n_classes,
+        features + rr_width, model.fc_sizes, model.activation, model.dropout, n_classes
     )
     encoder_module = nn.Sequential(OrderedDict(encoder))
-    return BeatClassifier(encoder_module, head, in_channels, model.rr_features)
+    return BeatClassifier(
+        encoder_module, head, in_channels, model.rr_features, rr_encoder, model.rr_reference
+    )

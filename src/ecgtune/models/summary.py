@@ -44,8 +44,12 @@ def model_summary(model: nn.Module, config: Config) -> Table:
 
 
 def summary_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """The model's blocks with their dotted names, in registration (= forward) order."""
+    """The model's blocks with their dotted names, in registration (= forward) order; an
+    ``Identity`` (the RR features' path under ``rr_head = "concat"``) does nothing and is left
+    out."""
     for name, child in model.named_children():
+        if isinstance(child, nn.Identity):
+            continue
         if type(child) in CONTAINERS:
             yield from ((f"{name}.{inner}", block) for inner, block in summary_blocks(child))
         else:

@@ -1,0 +1,188 @@
+"""Rhythm features that mean the same on every patient (issue 19): the local reference RR
+over seconds or without premature intervals, the long reference, previous / next, the QRS
+width, checked on the real records where they matter (232 holds most of DS2's S beats).
+
+Rank statistics (ROC AUC) measure how well a feature separates two classes, whatever
+threshold a model would put on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from ecgtune.config import DataConfig, validate_config
+from ecgtune.data.beats import RR_COLUMNS, RecordBeats, rr_selection, segment_record
+from ecgtune.data.records import Annotations, Lead, read_annotations, read_named_leads
+from ecgtune.errors import ConfigError
+from ecgtune.models import BeatClassifier, build_model
+from ecgtune.search.space import build_search_space
+
+from .conftest import TINY_CNN
+
+N, S, V = 0, 1, 2
+
+
+def beats_of(mitdb_dir: Path, record: str, **data: Any) -> RecordBeats:
+    config = DataConfig.model_validate(data)
+    leads = read_named_leads(mitdb_dir / record, config.leads, first_channel=True)
+    return segment_record(record, leads, read_annotations(mitdb_dir, record), config)
+
+
+def column(beats: RecordBeats, name: str) -> np.ndarray:
+    return beats.rr[:, RR_COLUMNS.index(name)]
+
+
+def auc_of_short(beats: RecordBeats, name: str, positive: int) -> float:
+    """How well a low value of the feature tells ``positive`` beats from N beats."""
+    pair = np.isin(beats.labels, [N, positive])
+    return float(roc_auc_score(beats.labels[pair] == positive, -column(beats, name)[pair]))
+
+
+def test_record_232_a_beats_stand_out_better_than_with_the_mean_of_10_beats(
+    mitdb_dir: Path,
+) -> None:
+    """232's 1,382 A beats come in long runs between long pauses, so the last 10 beats are
+    mostly A beats themselves; a reference over seconds (short intervals weigh less) or
+    without the premature intervals, and the 5-minute reference, rank them better."""
+    beats = beats_of(mitdb_dir, "232")
+    assert np.count_nonzero(beats.labels == S) == 1382
+    today = auc_of_short(beats, "rr_previous_by_local", S)
+    for name in ("rr_previous_by_seconds", "rr_previous_by_robust", "rr_previous_by_long"):
+        assert auc_of_short(beats, name, S) > today + 0.004, name
+
+
+def synthetic_rhythm(rr_seconds: list[float]) -> tuple[Lead, Annotations]:
+    """A noise signal with N beats ``rr_seconds`` apart."""
+    samples = np.rint(360 * (1.0 + np.concatenate([[0.0], np.cumsum(rr_seconds)]))).astype(int)
+    signal = np.random.default_rng(0).normal(size=int(samples[-1]) + 720)
+    symbols = np.array(["N"] * samples.size)
+    return Lead(signal=signal, fs=360.0, name="MLII"), Annotations(samples, symbols)
+
+
+def test_the_robust_reference_ignores_a_run_of_premature_beats() -> None:
+    """70 s of a 1 s rhythm, then 10 premature beats 0.5 s apart, then the rhythm again: after
+    the run, the mean of the last 10 intervals is nearly the run's 0.5 s, the seconds reference
+    is pulled down a little (the run is 5 of its 60 s), the robust one stays at 1 s."""
+    intervals = [1.0] * 70 + [0.5] * 10 + [1.0] * 10
+    lead, annotations = synthetic_rhythm(intervals)
+    rr = segment_record("synthetic", [lead], annotations, DataConfig()).rr
+    after_run = rr[81]  # its previous interval is the first after the run
+    previous = after_run[RR_COLUMNS.index("rr_previous")]
+
+    def reference(name: str) -> float:
+        return float(previous / after_run[RR_COLUMNS.index(f"rr_previous_by_{name}")])
+
+    assert reference("local") == pytest.approx(0.55, rel=1e-5)  # 9 x 0.5 s + 1 s
+    assert reference("seconds") == pytest.approx(60 / 65, rel=1e-5)  # 55 x 1 s + 10 x 0.5 s
+    assert reference("robust") == pytest.approx(1.0, rel=1e-5)
+    assert reference("long") == pytest.approx(1.0, rel=1e-5)
+
+
+def test_previous_by_next_is_low_for_a_premature_beat_with_its_pause() -> None:
+    lead, annotations = synthetic_rhythm([1.0] * 5 + [0.6, 1.4] + [1.0] * 5)
+    rr = segment_record("synthetic", [lead], annotations, DataConfig()).rr
+    ratio = rr[:, RR_COLUMNS.index("rr_previous_by_next")]
+    np.testing.assert_allclose(ratio[6], 0.6 / 1.4, rtol=1e-5)
+    np.testing.assert_allclose(np.delete(ratio, [5, 6, 7]), 1.0, rtol=1e-5)
+
+
+def test_qrs_width_tells_ventricular_beats_on_every_gain(mitdb_dir: Path) -> None:
+    """Record 119's V beats (bigeminy) have wide QRS complexes, its N beats narrow ones; the
+    width is read on a relative slope threshold, so a 5x gain changes nothing."""
+    config = DataConfig.model_validate({"window": "centered", "beat_length": 188})
+    (lead,) = read_named_leads(mitdb_dir / "119", config.leads, first_channel=True)
+    annotations = read_annotations(mitdb_dir, "119")
+    beats = segment_record("119", [lead], annotations, config)
+    width = column(beats, "qrs_width")
+    normal, ventricular = np.median(width[beats.labels == N]), np.median(width[beats.labels == V])
+    assert 0.04 <= normal <= 0.12
+    assert ventricular >= normal + 0.04
+    assert auc_of_short(beats, "qrs_width", V) < 0.1  # wide, not short: V ranks high
+    louder = Lead(signal=5.0 * lead.signal, fs=lead.fs, name=lead.name)
+    np.testing.assert_array_equal(
+        column(segment_record("119", [louder], annotations, config), "qrs_width"), width
+    )
+
+
+# --- the rhythm path of the head, the objective ----------------------------------------------
+
+
+def rhythm_model(**model: Any) -> BeatClassifier:
+    raw = {**TINY_CNN, "rr_features": "rhythm", **model}
+    return build_model(validate_config({"data": {"split": "inter"}, "model": raw}), 5)
+
+
+def first_linear(module: nn.Module) -> nn.Linear:
+    return next(m for m in module.modules() if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize("kind", [{"kind": "cnn"}, {"kind": "rnn", "hidden_size": 8}])
+def test_the_mlp_rr_head_gives_the_rhythm_features_their_own_learnt_path(
+    kind: dict[str, Any],
+) -> None:
+    concat, mlp = rhythm_model(**kind), rhythm_model(**kind, rr_head="mlp", rr_hidden=24)
+    width = len(rr_selection("rhythm", "robust"))
+    assert first_linear(mlp.rr_encoder).in_features == width
+    assert first_linear(mlp.head).in_features == first_linear(concat.head).in_features - width + 24
+    torch.manual_seed(0)
+    signals, rr = torch.rand(6, 1, 187), 0.5 + torch.rand(6, len(RR_COLUMNS))
+    mlp(signals, rr).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.rr_encoder.parameters())
+    mlp.eval()
+    with torch.no_grad():
+        premature = rr.clone()
+        premature[:, RR_COLUMNS.index("rr_previous_by_robust")] = 0.5
+        assert not torch.equal(mlp(signals, rr), mlp(signals, premature))
+
+
+def test_the_concat_head_has_the_state_dict_of_models_saved_before_rr_head() -> None:
+    """``rr_head = "concat"`` (the default) adds no weights, so a checkpoint saved before the
+    key existed loads into the model its config builds."""
+    model = rhythm_model()
+    assert isinstance(model.rr_encoder, nn.Identity)
+    assert not [key for key in model.state_dict() if key.startswith("rr_encoder")]
+    with_mlp = rhythm_model(rr_head="mlp")
+    assert [key for key in with_mlp.state_dict() if key.startswith("rr_encoder")]
+
+
+def test_the_new_keys_are_searchable_and_validated_in_the_space() -> None:
+    config = validate_config(
+        {
+            "data": {"split": "inter"},
+            "model": {"rr_features": "rhythm"},
+            "search": {
+                "space": {
+                    "model.rr_reference": {"choice": ["beats", "robust"]},
+                    "model.rr_features": {"choice": ["all", "rhythm", "rhythm_record"]},
+                    "model.rr_head": {"choice": ["concat", "mlp"]},
+                    "model.rr_hidden": {"choice": [16, 32]},
+                }
+            },
+        }
+    )
+    space = build_search_space(config)
+    assert space.candidate_values("model.rr_head") == ["concat", "mlp"]
+    assert space.candidate_values("model.rr_reference") == ["beats", "robust"]
+    assert config.model.uses("model.rr_hidden") is False  # concat: rr_hidden shapes nothing
+    bad = validate_config({"search": {"space": {"model.rr_reference": {"choice": ["median"]}}}})
+    with pytest.raises(ConfigError, match=r"can draw 'median', which the config rejects") as caught:
+        build_search_space(bad)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("objective", ["jkappa", "sv_f1"])
+def test_an_ectopic_objective_needs_the_s_and_v_classes(objective: str) -> None:
+    assert validate_config({"training": {"objective": objective}}).training.objective == objective
+    binary = {
+        "source": "csv",
+        "train_files": ["a.csv"],
+        "class_names": ["normal", "abnormal"],
+    }
+    with pytest.raises(ConfigError, match=rf"training\.objective = '{objective}' scores the S "):
+        validate_config({"data": binary, "training": {"objective": objective}})
