@@ -43,7 +43,9 @@ AAMI_CLASSES = ("S", "V")
 GOAL = {"se_S": 0.80, "ppv_S": 0.60, "se_V": 0.92, "ppv_V": 0.90}
 PUBLISHED = {
     "de Chazal et al. 2004": {"se_S": 0.76, "ppv_S": 0.38, "se_V": 0.77, "ppv_V": 0.82},
+    "Mar et al. 2011": {"se_S": 0.83, "ppv_S": 0.34, "se_V": 0.87, "ppv_V": 0.76},
     "Llamedo & Martinez 2011": {"se_S": 0.77, "ppv_S": 0.39, "se_V": 0.81, "ppv_V": 0.87},
+    "Zhang et al. 2014": {"se_S": 0.79, "ppv_S": 0.36, "se_V": 0.86, "ppv_V": 0.93},
     "Garcia et al. 2017": {"se_S": 0.62, "ppv_S": 0.53, "se_V": 0.87, "ppv_V": 0.59},
     "Mondejar-Guerra et al. 2019": {"se_S": 0.78, "ppv_S": 0.50, "se_V": None, "ppv_V": None},
 }

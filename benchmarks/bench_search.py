@@ -2,7 +2,7 @@
 
 Each search is a real ``hypertune.py tune`` run (:func:`ecgtune.commands.tune.tune_command`: MLflow,
 TensorBoard, trials file and all) on the beats of a dozen real records with a tiny CNN trained
-for 2 epochs, over a space of 8 keys (learning rate, depth, per-stage kernel sizes and
+for 2 epochs, over a space of 7 keys (learning rate, depth, per-stage kernel sizes and
 channels, dropout, batch size, loss). Every algorithm runs with the same seeds; a seed fixes
 the data split, the weights and the sampler, so at one seed the algorithms see the same data
 and the same first trial (the base config). The figure is the best validation macro-F1 after

@@ -1,4 +1,4 @@
-"""The layout the README promises: the domain modules (data, models, training, metrics,
+"""The layout docs/development.md promises: the domain modules (data, models, training, metrics,
 search) import nothing from the console, tracking, the commands or the command line, and no
 module of ecgtune imports itself back through others."""
 

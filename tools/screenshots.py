@@ -1,5 +1,5 @@
 """Screenshots of what a user sees after a search: ``mlflow ui`` and TensorBoard in a real
-(headless) browser, for the README.
+(headless) browser, for the README and docs/search.md.
 
 Runs a tiny search (3 trials, 2 records, a small CNN) in a temporary folder, starts
 ``mlflow ui`` and ``tensorboard`` on 127.0.0.1 (free ports, each in its own process group),

@@ -126,11 +126,18 @@ def add_record_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments of ``hypertune.py``, ``tune`` when no command is named (a bare
+    ``python hypertune.py`` or one starting with an option); the README's commands are checked
+    with this same function, so they cannot drift from what the program accepts."""
+    args_list = list(argv)
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "tune")
-    args = build_parser().parse_args(args_list)
+    return build_parser().parse_args(args_list)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_command_line(sys.argv[1:] if argv is None else argv)
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return run_command(args)

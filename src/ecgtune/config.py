@@ -845,7 +845,9 @@ class TrackingConfig(Section):
     experiment: str = Field("ecg-arrhythmia", min_length=1, description="experiment name")
     tensorboard_dir: Path = Field(Path("logs"), description="TensorBoard run directories")
     output_dir: Path = Field(Path("runs"), description="results land in output_dir/experiment")
-    verbose: bool = Field(False, description="print the model summary at each trial")
+    verbose: bool = Field(
+        False, description="print the model summary at each trial, and MLflow's own INFO lines"
+    )
     register_model: str | None = Field(
         None,
         min_length=1,

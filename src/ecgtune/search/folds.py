@@ -3,8 +3,8 @@ not on its few validation records alone (``search.folds``).
 
 Why: the inter split's validation records are a handful of patients (5 of DS1's 22 at
 ``data.valid_fraction = 0.2``), and which trial does best on them says little about new
-patients: over 19 configurations, the validation macro-F1 on those 5 records and the DS2 S
-sensitivity had a rank correlation of -0.06 (README, "Patients the model has never seen").
+patients: over the 14 probes on the same 5 records, their validation macro-F1 and the DS2 S
+sensitivity had a rank correlation of -0.06 (docs/inter-patient.md).
 
 How: with ``search.folds = K`` the train and validation records are pooled and cut into K folds
 of whole records by scikit-learn's ``StratifiedGroupKFold`` (no record on both sides of a fold;
