@@ -144,7 +144,10 @@ def test_the_base_point_is_the_base_config() -> None:
         ),
         ({"model": {"choice": [1]}}, "'model': 'model' is a section, not a key"),
         ({"training.objective": {"choice": ["loss"]}}, "'training.objective': cannot be searched"),
-        ({"data.leads": {"choice": [["MLII"]]}}, "only model.*, training.* and data.resample.*"),
+        (
+            {"data.leads": {"choice": [["MLII"]]}},
+            "only model.*, training.*, data.resample.* and inference.*",
+        ),
         ({"seed": {"choice": [1, 2]}}, "'seed': only model.*"),
         ({"training.lr": {"each": {"choice": [0.1]}}}, "'each' needs a list key"),
         ({"training.epochs": {"uniform": [1, 3]}}, "uniform draws fractions but the key takes"),

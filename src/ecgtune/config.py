@@ -577,6 +577,11 @@ class ModelConfig(Section):
             return self.rr_features in ("rhythm", "rhythm_record")
         return True
 
+    @property
+    def has_batch_norm(self) -> bool:
+        """Whether the network holds batch-norm layers: its conv stages, when it has them."""
+        return self.batch_norm and (self.kind == "cnn" or self.conv_frontend)
+
     def stage_flags(self, key: Literal["se_blocks", "residual"]) -> list[bool]:
         """One flag per stage, whether the config gave one bool or a list."""
         value = getattr(self, key)
@@ -838,6 +843,23 @@ class SearchConfig(Section):
     )
 
 
+class InferenceConfig(Section):
+    """How a trained model classifies beats of records it was not trained on: the test split,
+    the out-of-fold predictions of ``search.folds``, ``evaluate`` and ``predict``."""
+
+    adapt: Literal["none", "batch_norm"] = Field(
+        "none",
+        description="per-record adaptation without labels: none | batch_norm (AdaBN: the "
+        "batch-norm statistics re-estimated on each record's own beats)",
+    )
+    adapt_min_beats: int = Field(
+        100,
+        ge=2,
+        le=100_000,
+        description="adapt = batch_norm: a record with fewer beats keeps the training statistics",
+    )
+
+
 class TrackingConfig(Section):
     """Where results, MLflow runs and TensorBoard curves go."""
 
@@ -913,6 +935,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @property
@@ -933,6 +956,12 @@ class Config(Section):
             raise _rule_error(
                 f"training.objective = {self.training.objective!r} scores the S and V classes: "
                 f"use data.source = 'mitdb' or data.class_names that hold 'S' and 'V'"
+            )
+        if self.inference.adapt == "batch_norm" and not self.model.has_batch_norm:
+            raise _rule_error(
+                "inference.adapt = 'batch_norm' re-estimates batch-norm statistics, and this "
+                "network has none: set model.batch_norm = true (and, for an rnn, "
+                "model.conv_frontend = true) or inference.adapt = 'none'"
             )
         if self.search.folds and self.data.split != "inter":
             raise _rule_error(

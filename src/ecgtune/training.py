@@ -33,12 +33,13 @@ from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from ecgtune.config import Config, TrainingConfig
+from ecgtune.config import Config, InferenceConfig, TrainingConfig
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.resampling import resample_train_split
 from ecgtune.errors import ConfigError
 from ecgtune.metrics import ClassificationMetrics, compute_metrics, improves, minimises
 from ecgtune.models import build_model
+from ecgtune.models.adapt import record_statistics
 
 REPORT_EVERY = 10
 """Batches between two reads of the losses from the device (observer updates, NaN check)."""
@@ -583,11 +584,48 @@ def predict_logits(
     return torch.cat(chunks)
 
 
-def predict(model: nn.Module, beats: BeatSet, config: Config) -> NDArray[np.int64]:
-    """Predicted class of every beat of a split, on the model's device."""
+def adapted_logits(
+    model: nn.Module,
+    beats: BeatSet,
+    autocast: AbstractContextManager[Any],
+    inference: InferenceConfig,
+) -> Tensor:
+    """Logits of every beat of records the model was not trained on, as ``[inference]`` says:
+    with ``adapt = "batch_norm"``, each record's beats (``beats.records``) go through the model
+    with batch-norm statistics of that record's own beats (:mod:`ecgtune.models.adapt`), a
+    record with fewer than ``adapt_min_beats`` beats through the training statistics."""
     device = next(model.parameters()).device
     signals, rr, _ = beats_to_tensors(beats, device)
-    logits = predict_logits(model, signals, rr, autocast_context(config.training.precision, device))
+    if inference.adapt == "none":
+        return predict_logits(model, signals, rr, autocast)
+    groups = [np.flatnonzero(beats.records == record) for record in np.unique(beats.records)]
+    chunks = [
+        one_record_logits(model, signals[index], rr[index], autocast, inference)
+        for index in (torch.from_numpy(group).to(device) for group in groups)
+    ]
+    order = torch.from_numpy(np.argsort(np.concatenate(groups))).to(device)
+    return torch.cat(chunks)[order]
+
+
+def one_record_logits(
+    model: nn.Module,
+    signals: Tensor,
+    rr: Tensor,
+    autocast: AbstractContextManager[Any],
+    inference: InferenceConfig,
+) -> Tensor:
+    """One record's logits through the model adapted to it (or not: too few beats)."""
+    if len(signals) < inference.adapt_min_beats:
+        return predict_logits(model, signals, rr, autocast)
+    with record_statistics(model, signals, rr, EVAL_BATCH) as adapted:
+        return predict_logits(adapted, signals, rr, autocast)
+
+
+def predict(model: nn.Module, beats: BeatSet, config: Config) -> NDArray[np.int64]:
+    """Predicted class of every beat of a split, on the model's device (``[inference]``)."""
+    device = next(model.parameters()).device
+    autocast = autocast_context(config.training.precision, device)
+    logits = adapted_logits(model, beats, autocast, config.inference)
     return logits.argmax(dim=1).cpu().numpy().astype(np.int64)
 
 
@@ -599,11 +637,14 @@ def evaluate_test_split(
     return compute_metrics(dataset.test.labels, predicted, dataset.class_names)
 
 
-def predict_proba(model: nn.Module, beats: BeatSet) -> NDArray[np.float32]:
+def predict_proba(
+    model: nn.Module, beats: BeatSet, inference: InferenceConfig | None = None
+) -> NDArray[np.float32]:
     """Class probabilities ``(n, K)`` of every beat, on the model's device and in fp32 whatever
     ``training.precision`` the model was trained with (fp16 autocast exists on CUDA only, and
-    a saved model's weights are fp32): evaluation and prediction of a saved model on the CPU."""
+    a saved model's weights are fp32): evaluation and prediction of a saved model on the CPU,
+    adapted to each record as ``inference`` says (default: not adapted)."""
     device = next(model.parameters()).device
-    signals, rr, _ = beats_to_tensors(beats, device)
-    logits = predict_logits(model, signals, rr, autocast_context("fp32", device))
+    rules = inference or InferenceConfig()
+    logits = adapted_logits(model, beats, autocast_context("fp32", device), rules)
     return torch.softmax(logits.float(), dim=1).cpu().numpy()

@@ -29,7 +29,7 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from ecgtune.commands.common import check_writable
-from ecgtune.config import AAMI_CLASSES, Config, validate_config
+from ecgtune.config import AAMI_CLASSES, Config, InferenceConfig, validate_config
 from ecgtune.console import make_console
 from ecgtune.console.data import data_progress
 from ecgtune.console.evaluation import aami_summary, beat_progress, record_table, skip_summary
@@ -121,7 +121,8 @@ def evaluate_database_command(
     jobs = [(database.folder / name, annotator) for name in names]
     with beat_progress(console, len(names)) as record_done:
         for name, cut in zip(names, cut_records(jobs, choice, config.data, strict), strict=True):
-            predicted = record_probabilities(torch_classifier(model), cut).argmax(axis=1)
+            classify = torch_classifier(model, config.inference)
+            predicted = record_probabilities(classify, cut).argmax(axis=1)
             rows.append(record_row(name, cut, confusion_of(cut.beats.labels, predicted)))
             notes.extend(stand_in_notes(name, cut, choice))
             record_done(len(cut.beats))
@@ -141,6 +142,7 @@ def evaluate_database_command(
         "first_channel": first_channel,
         "annotator": annotator,
         "target_hz": config.data.target_hz,
+        "adapt": config.inference.adapt,
         "seconds": seconds,
         "beats_per_second": metrics.n_beats / seconds,
         "skipped": total_skips(row["skipped"] for row in rows),
@@ -175,9 +177,10 @@ Classifier = Callable[[BeatSet], NDArray[np.float32]]
 """Class probabilities ``(beats, 5)`` of a set of beats."""
 
 
-def torch_classifier(model: nn.Module) -> Classifier:
-    """The saved model on the CPU in fp32 (:func:`~ecgtune.training.predict_proba`)."""
-    return lambda beats: predict_proba(model, beats)
+def torch_classifier(model: nn.Module, inference: InferenceConfig) -> Classifier:
+    """The saved model on the CPU in fp32 (:func:`~ecgtune.training.predict_proba`), adapted
+    to each record as its ``[inference]`` says."""
+    return lambda beats: predict_proba(model, beats, inference)
 
 
 def record_probabilities(classify: Classifier, cut: CutRecord) -> NDArray[np.float32]:

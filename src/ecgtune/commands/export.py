@@ -15,7 +15,13 @@ from ecgtune.commands.common import check_writable
 from ecgtune.console import make_console
 from ecgtune.errors import UserError
 from ecgtune.export import synthetic_inputs
-from ecgtune.export.onnx import ONNX_NAME, check_parity, export_onnx, sidecar_path
+from ecgtune.export.onnx import (
+    ONNX_NAME,
+    check_parity,
+    export_onnx,
+    refuse_adaptation,
+    sidecar_path,
+)
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint
 
 FORMATS = ("onnx",)
@@ -35,6 +41,7 @@ def export_command(run_dir: Path, fmt: str = "onnx", out: Path | None = None) ->
             f"beside it, as {target.stem}.json)"
         )
     model, config, class_names = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    refuse_adaptation(config, f"export {run_dir}")
     check_writable({"--out" if out else "RUN_DIR": target.parent})
     spec = export_onnx(model, config, class_names, target)
     parity = check_parity(target, model, synthetic_inputs(spec, PARITY_BEATS))

@@ -44,7 +44,7 @@ from ecgtune.data.files import atomic_write
 from ecgtune.data.records import annotation_path, check_header
 from ecgtune.data.wfdb_database import CutRecord, choose_leads, cut_records
 from ecgtune.errors import DataError, UserError
-from ecgtune.export.onnx import OnnxClassifier
+from ecgtune.export.onnx import OnnxClassifier, refuse_adaptation
 
 ANNOTATION_EXTENSION = "ecgtune"
 CSV_COLUMNS = ("sample", "time_s", "label", *(f"p_{name}" for name in AAMI_CLASSES))
@@ -67,7 +67,11 @@ def predict_command(
     (``strict``: refused)."""
     model, config, _ = load_aami_model(run_dir)
     choice = choose_leads(leads, config.data, first_channel)
-    probabilities_of = onnx_classifier(onnx) if onnx is not None else torch_classifier(model)
+    if onnx is None:
+        probabilities_of = torch_classifier(model, config.inference)
+    else:
+        refuse_adaptation(config, f"--onnx {onnx}")
+        probabilities_of = onnx_classifier(onnx)
     targets = output_targets(records, out)
     console = make_console()
     rows: list[dict[str, Any]] = []

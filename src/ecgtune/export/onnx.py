@@ -61,6 +61,18 @@ def sidecar_path(onnx_path: Path) -> Path:
     return onnx_path.with_suffix(".json")
 
 
+def refuse_adaptation(config: Config, what: str) -> None:
+    """An ONNX graph holds the batch-norm statistics it was exported with, so it cannot adapt
+    to each record as ``inference.adapt`` asks: refuse, in one line, rather than classify
+    differently from ``evaluate`` and ``predict``."""
+    if config.inference.adapt != "none":
+        raise UserError(
+            f"{what}: the model's inference.adapt = {config.inference.adapt!r} re-estimates its "
+            f"batch-norm statistics on each record, which an ONNX graph's fixed statistics "
+            f"cannot; classify with the torch model (predict without --onnx)"
+        )
+
+
 def export_onnx(
     model: nn.Module, config: Config, class_names: Sequence[str], path: Path
 ) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from ecgtune.config import (
 from ecgtune.dotted import get_dotted, set_dotted
 from ecgtune.errors import ConfigError
 
-SEARCHABLE_PREFIXES = ("model.", "training.", "data.resample.")
+SEARCHABLE_PREFIXES = ("model.", "training.", "data.resample.", "inference.")
 PER_STAGE_KEYS = tuple(f"model.{key}" for key in (*PER_LAYER_KEYS, "se_blocks", "residual"))
 UNSEARCHABLE_KEYS = ("training.objective", "training.device", "training.num_threads")
 """Keys the search compares trials by (the objective) or that do not change a trial's result."""
@@ -181,8 +181,8 @@ def _check_key(entry: SpaceEntry) -> None:
     annotation = _annotation_of(entry)
     if not entry.key.startswith(SEARCHABLE_PREFIXES):
         raise ConfigError(
-            f"{_where(entry)}: only model.*, training.* and data.resample.* keys can be "
-            f"searched (the dataset is built once and shared by every trial)"
+            f"{_where(entry)}: only model.*, training.*, data.resample.* and inference.* keys "
+            f"can be searched (the dataset is built once and shared by every trial)"
         )
     if entry.key in UNSEARCHABLE_KEYS:
         raise ConfigError(
