@@ -635,6 +635,17 @@ class TrainingConfig(Section):
         2, ge=0, le=1000, description="plateau: epochs without improvement before the lr drops"
     )
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
+    patient_adversary: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="gradient reversal strength: a head learns to tell the training records "
+        "apart from the encoder's features and the encoder gets its gradient x -strength, so "
+        "it keeps what patients share; 0 = off",
+    )
+    adversary_hidden: int = Field(
+        64, ge=2, le=1024, description="patient_adversary > 0: the record head's hidden units"
+    )
     loss: Literal["ce", "weighted_ce", "focal"] = Field(
         "weighted_ce", description="ce | weighted_ce | focal"
     )

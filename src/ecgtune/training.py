@@ -38,8 +38,9 @@ from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.resampling import resample_train_split
 from ecgtune.errors import ConfigError
 from ecgtune.metrics import ClassificationMetrics, compute_metrics, improves, minimises
-from ecgtune.models import build_model
+from ecgtune.models import BeatClassifier, build_model
 from ecgtune.models.adapt import record_statistics
+from ecgtune.models.adversary import PatientAdversary
 
 REPORT_EVERY = 10
 """Batches between two reads of the losses from the device (observer updates, NaN check)."""
@@ -224,19 +225,22 @@ def train_model(
 @dataclass
 class TrainingRun:
     """Everything one training run works with, set up once by :func:`prepare_run`: the
-    (resampled) train split and the validation split as tensors on the device, the model, the
-    loss, the optimiser, its schedule, the batch layout and the train batches' augmentation."""
+    (resampled) train split and the validation split as tensors on the device, the model (and
+    the training-only patient adversary), the loss, the optimiser, its schedule, the batch
+    layout and the train batches' augmentation."""
 
     config: Config
     class_names: tuple[str, ...]
     device: torch.device
     autocast: AbstractContextManager[Any]
     train: tuple[Tensor, Tensor, Tensor]
+    train_records: Tensor
     valid: tuple[Tensor, Tensor, Tensor]
     train_counts: dict[str, int]
     resampled_from: dict[str, int] | None
     batch_sizes: list[int]
-    model: nn.Module
+    model: BeatClassifier
+    adversary: PatientAdversary | None
     criterion: nn.Module
     optimizer: Optimizer
     scheduler: LRScheduler | ReduceLROnPlateau | None
@@ -269,19 +273,26 @@ def prepare_run(config: Config, dataset: Dataset) -> TrainingRun:
     before = dataset.train.class_counts(dataset.n_classes).tolist()
     n_batches = math.ceil(len(train) / cfg.batch_size)
     model = build_model(config, dataset.n_classes).to(device)
-    optimizer = make_optimizer(cfg, model)
+    train_tensors = beats_to_tensors(train, device)
+    names, records = np.unique(train.records, return_inverse=True)
+    adversary = make_adversary(config, model, train_tensors[0], len(names))
+    optimizer = make_optimizer(
+        cfg, nn.ModuleList([model] if adversary is None else [model, adversary])
+    )
     generator = torch.Generator().manual_seed(config.seed)
     return TrainingRun(
         config=config,
         class_names=class_names,
         device=device,
         autocast=autocast_context(cfg.precision, device),
-        train=beats_to_tensors(train, device),
+        train=train_tensors,
+        train_records=torch.from_numpy(records.reshape(-1)).to(device),
         valid=beats_to_tensors(dataset.valid, device),
         train_counts=dict(zip(class_names, counts.tolist(), strict=True)),
         resampled_from=dict(zip(class_names, before, strict=True)) if resampled else None,
         batch_sizes=[len(chunk) for chunk in torch.arange(len(train)).tensor_split(n_batches)],
         model=model,
+        adversary=adversary,
         criterion=make_criterion(cfg, counts).to(device),
         optimizer=optimizer,
         scheduler=make_scheduler(cfg, optimizer, n_batches),
@@ -303,23 +314,18 @@ def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) ->
     model, optimizer, scaler = run.model, run.optimizer, run.scaler
     model.train()
     order = torch.randperm(run.n_train, generator=run.generator).to(run.device)
-    signals_all, rr_all, labels_all = (tensor[order] for tensor in run.train)
-    batches = zip(
-        signals_all.tensor_split(run.n_batches),
-        rr_all.tensor_split(run.n_batches),
-        labels_all.tensor_split(run.n_batches),
-        strict=True,
-    )
+    permuted = (tensor[order] for tensor in (*run.train, run.train_records))
+    batches = zip(*(tensor.tensor_split(run.n_batches) for tensor in permuted), strict=True)
     sizes = torch.tensor(run.batch_sizes, dtype=torch.float32, device=run.device)
     batch_losses = torch.zeros(run.n_batches, device=run.device)
     reported = 0
-    for step, (signals, rr, labels) in enumerate(batches):
+    for step, (signals, rr, labels, records) in enumerate(batches):
         if run.augment is not None:
             signals = run.augment(signals)
         with run.autocast:
-            loss = run.criterion(model(signals, rr), labels)
+            loss = batch_loss(run, signals, rr, labels, records)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        torch.autograd.backward(scaler.scale(loss))
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -337,6 +343,18 @@ def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) ->
             observer.on_batch_end(beats, mean_loss)
             reported = step + 1
     return float((batch_losses * sizes).sum()) / run.n_train
+
+
+def batch_loss(
+    run: TrainingRun, signals: Tensor, rr: Tensor, labels: Tensor, records: Tensor
+) -> Tensor:
+    """The classification loss, plus the patient adversary's record cross-entropy when on
+    (its gradient reaches the encoder reversed: :mod:`ecgtune.models.adversary`)."""
+    features, logits = run.model.features_and_logits(signals, rr)
+    loss: Tensor = run.criterion(logits, labels)
+    if run.adversary is None:
+        return loss
+    return loss + F.cross_entropy(run.adversary(features), records)
 
 
 def validate(run: TrainingRun, valid: BeatSet, epoch: int) -> tuple[float, dict[str, float]]:
@@ -529,6 +547,24 @@ def make_criterion(cfg: TrainingConfig, counts: NDArray[np.int64]) -> nn.Module:
     if cfg.loss == "weighted_ce":
         return nn.CrossEntropyLoss(weight=weights)
     return FocalLoss(cfg.focal_gamma, weights if cfg.focal_weighted else None)
+
+
+def make_adversary(
+    config: Config, model: BeatClassifier, signals: Tensor, n_records: int
+) -> PatientAdversary | None:
+    """``training.patient_adversary``'s record head on the encoder's features, or None (off);
+    the features' width is read off one beat in eval mode, which changes no statistic."""
+    cfg = config.training
+    if cfg.patient_adversary == 0:
+        return None
+    model.eval()
+    with torch.no_grad():
+        width = model.encoder(signals[:1]).shape[1]
+    model.train()
+    head = PatientAdversary(
+        width, n_records, cfg.adversary_hidden, config.model.activation, cfg.patient_adversary
+    )
+    return head.to(signals.device)
 
 
 def make_optimizer(cfg: TrainingConfig, model: nn.Module) -> Optimizer:

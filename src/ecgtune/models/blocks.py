@@ -306,17 +306,26 @@ class BeatClassifier(nn.Module):
         self.register_buffer("rr_index", index, persistent=False)
 
     def forward(self, signals: Tensor, rr: Tensor | None = None) -> Tensor:
+        return self.features_and_logits(signals, rr)[1]
+
+    def features_and_logits(
+        self, signals: Tensor, rr: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The encoder's features of each beat (before the RR features join them), and the
+        logits: what a training-time head on the features (``training.patient_adversary``)
+        reads beside the classification."""
         if signals.dim() != 3 or signals.shape[1] != self.in_channels:
             raise ValueError(
                 f"signals must be (batch, {self.in_channels}, length), "
                 f"got {tuple(signals.shape)}"
             )
         features = self.encoder(signals)
+        joined = features
         if self.rr_index.numel():
             rhythm = self.rr_encoder(self._selected_rr(rr, features))
-            features = torch.cat([features, rhythm], dim=1)
-        logits: Tensor = self.head(features)
-        return logits
+            joined = torch.cat([features, rhythm], dim=1)
+        logits: Tensor = self.head(joined)
+        return features, logits
 
     def _selected_rr(self, rr: Tensor | None, features: Tensor) -> Tensor:
         width = len(RR_COLUMNS)
