@@ -823,7 +823,7 @@ class TrackingConfig(Section):
     @field_validator("mlflow_uri")
     @classmethod
     def _mlflow_store(cls, value: str) -> str:
-        scheme = _uri_scheme(value)
+        scheme = uri_scheme(value)
         if scheme is None or (scheme and scheme not in MLFLOW_SCHEMES):
             raise _value_error(
                 "MLflow has no tracking store for it: give a local path, a file:, sqlite:, "
@@ -843,7 +843,7 @@ class TrackingConfig(Section):
         return value
 
 
-def _uri_scheme(uri: str) -> str | None:
+def uri_scheme(uri: str) -> str | None:
     """The scheme as MLflow reads it (``postgresql+psycopg2`` -> ``postgresql``); "" for a
     local path (a one-letter scheme is a Windows drive); None when the URI does not parse."""
     try:

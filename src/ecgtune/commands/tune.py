@@ -1,16 +1,16 @@
 """``hypertune.py tune`` (and plain ``hypertune.py``): run or resume the search, then evaluate
 its best model once on the test split.
 
-Reads top to bottom: check the space, the output folders and the engine's settings; take the
-experiment's lock; open the saved search (or start one; ``--fresh`` sets the old one aside);
-connect to MLflow (an unreachable server is refused now, not hours later); start the engine's
-session (the Ray engine starts or joins Ray); build the dataset once (every trial trains on the
-same splits); run the trials with the display, MLflow and TensorBoard as trial observers;
-evaluate the best trial once on the test split and write the outputs. ``search.engine`` picks
-who runs the trials: :class:`LocalSearch` (hyperopt's ``fmin`` here, one at a time) or
-:class:`~ecgtune.search.ray_engine.RaySearch` (Ray Tune, several at once, here or on a
-cluster); both report to the same observers and leave the same outputs. Whatever ends
-the search early (Ctrl-C, SIGTERM, a lost server, a failed write) closes the parent run as
+Reads top to bottom: check the space, the output folders, a local MLflow store and the engine's
+settings; take the experiment's lock; open the saved search (or start one; ``--fresh`` sets the
+old one aside); connect to MLflow (an unreachable server is refused now, not hours later);
+start the engine's session (the Ray engine starts or joins Ray); build the dataset once (every
+trial trains on the same splits); run the trials with the display, MLflow and TensorBoard as
+trial observers; evaluate the best trial once on the test split and write the outputs.
+``search.engine`` picks who runs the trials: :class:`LocalSearch` (hyperopt's ``fmin`` here,
+one at a time) or :class:`~ecgtune.search.ray_engine.RaySearch` (Ray Tune, several at once,
+here or on a cluster); both report to the same observers and leave the same outputs. Whatever
+ends the search early (Ctrl-C, SIGTERM, a lost server, a failed write) closes the parent run as
 KILLED or FAILED, and every finished trial stays saved: the same command resumes.
 """
 
@@ -29,9 +29,8 @@ from rich.console import Console
 
 from ecgtune.commands.common import (
     check_model_size,
-    check_writable,
+    check_outputs,
     device_and_threads,
-    output_folders,
     quiet_library_logs,
     run_lock,
 )
@@ -61,6 +60,7 @@ from ecgtune.search.ray_store import RayTrialStore
 from ecgtune.search.space import SearchSpace, build_search_space
 from ecgtune.search.store import METADATA, TrialStore
 from ecgtune.search.trials import TrialObserver, TrialObserverFanOut, TrialRow, best_row
+from ecgtune.tracking.local_store import artifact_location
 from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import OVERRIDES_TAG, MlflowTracker, MlflowTrials
 from ecgtune.tracking.tensorboard import TensorBoardTrials, search_tensorboard_root
@@ -81,7 +81,7 @@ def tune_command(
     space = build_search_space(config)
     check_pruning(space)
     check_model_size(config)
-    check_writable(output_folders(config))
+    check_outputs(config)
     quiet_library_logs(config.tracking.verbose)
     engine = search_engine(config, space)
     console = make_console()
@@ -93,7 +93,9 @@ def tune_command(
         identity = search_identity(config)
         if metadata is not None:
             check_same_search(metadata["identity"], identity, engine.path)
-        tracker = MlflowTracker(config.tracking.mlflow_uri, config.tracking.experiment)
+        tracker = MlflowTracker(
+            config.tracking.mlflow_uri, config.tracking.experiment, artifact_location(config)
+        )
         with engine.session():
             dataset = load_dataset(config, data_progress(console))
             header = run_header(config, dataset, *device_and_threads(config), engine.description())

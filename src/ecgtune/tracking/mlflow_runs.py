@@ -99,16 +99,20 @@ def bounded(method: Callable[P, R]) -> Callable[P, R]:
 class MlflowTracker:
     """The MLflow side of a search or a training, bound to one tracking URI and experiment."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        """Connect and find (or create) the experiment; an unreachable store is refused now
+    def __init__(self, uri: str, experiment: str, artifacts: Path | None = None) -> None:
+        """Connect and find (or create) the experiment, with its artifacts in ``artifacts``
+        when given (else where the store puts them); an unreachable store is refused now
         rather than hours into the search."""
         self.uri = uri
         bound_http_requests()
-        self.client = MlflowClient(tracking_uri=uri)
         with _store_errors(uri):
+            self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
+            location = artifacts.resolve().as_uri() if artifacts else None
             self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
+                found.experiment_id
+                if found
+                else self.client.create_experiment(experiment, artifact_location=location)
             )
             if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 self.client.set_experiment_tag(
