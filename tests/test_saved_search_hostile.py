@@ -25,7 +25,10 @@ from filelock import FileLock
 
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
+from ecgtune.search.loop import search_identity
+from ecgtune.search.ray_store import RaySearchRecord, RayTrialStore
 from ecgtune.search.store import METADATA
+from ecgtune.search.trials import TrialRow
 from tests.conftest import QUICK_RECORDS, REPO_ROOT, TINY_CNN
 
 SPACE = {
@@ -301,3 +304,38 @@ def test_a_locked_experiment_is_refused_for_its_lock_before_its_saved_search_is_
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: another ecgtune run holds {held_lock.run_dir}/.ecgtune.lock")
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [
+        (0.5, "the best trial (0) has no usable model: checkpoint not found: "),
+        (float("nan"), "trials[0].row.objective = NaN is not a finite number or null"),
+    ],
+    ids=["no-checkpoint", "nan-objective"],
+)
+def test_the_ray_engines_saved_search_gets_the_same_checks(
+    tmp_path: Path, mitdb_dir: Path, objective: float, expected: str
+) -> None:
+    """``ray_trials.json`` is read by the same code: refused before Ray starts."""
+    config = search_config(tmp_path, mitdb_dir)
+    config = config.model_copy(
+        update={"search": config.search.model_copy(update={"engine": "ray"})}
+    )
+    metadata = {
+        "identity": search_identity(config),
+        "parent_run_id": "0" * 32,
+        "search_id": "search-20260101-120000",
+    }
+    record = RaySearchRecord(metadata)
+    record.add(TrialRow(0, "ok", {}, objective, 1, 1.0, "trained"), {"macro_f1": 0.5})
+    store = RayTrialStore(config.run_dir)
+    config.run_dir.mkdir(parents=True)
+    store.save(record)
+
+    result = tune(config, tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {store.path}: {expected}"), line
+    assert line.endswith(FRESH), line
