@@ -221,6 +221,35 @@ def test_everything_that_sizes_memory_or_time_is_bounded(
     assert expected in refused(raw)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[training]\nlr = nan", "training.lr = nan: not a finite number"),
+        ("[training]\nlr = -nan", "training.lr = nan: not a finite number"),
+        ("[model]\ndropout = inf", "model.dropout = inf: not a finite number"),
+        ("[search]\ntimeout = -inf", "search.timeout = -inf: not a finite number"),
+        ("[training]\nepochs = nan", "training.epochs = nan: not a finite number"),
+        ("[model]\nfc_sizes = [32, inf]", "entry [1] = inf is not a finite number"),
+        (
+            '[search.space]\n"training.lr" = {uniform = [0.001, inf]}',
+            "entry [1] = inf is not a finite number",
+        ),
+    ],
+)
+def test_nan_and_inf_are_named_as_not_finite(tmp_path: Path, text: str, expected: str) -> None:
+    """nan compares false with every bound, so pydantic blamed the upper one ("<= 10")."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, text))
+    assert expected in str(caught.value)
+    assert "less than" not in str(caught.value) and "greater than" not in str(caught.value)
+
+
+def test_nan_exits_2_from_the_real_entry_point(tmp_path: Path) -> None:
+    path = write_config(tmp_path, safe_data(tmp_path))
+    message = run_data_command(path, "--set", "training.lr=nan")
+    assert "training.lr = nan: not a finite number (nan and inf are refused)" in message
+
+
 def test_the_bounds_themselves_are_allowed() -> None:
     config = validate_config(
         {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
 import pty
 import re
 import struct
@@ -376,6 +377,55 @@ def test_a_planted_checkpoint_is_refused_in_one_line_without_running_it(
     assert not marker.exists()
     torch.load(tmp_path / "best_model.pt", weights_only=False)  # as a careless loader would
     assert marker.exists()
+
+
+class RunsACommand:
+    """A pickled object whose loading would run a shell command (``os.system``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def torch_file_with_a_command(path: Path, marker: Path) -> None:
+    torch.save({"config": RunsACommand(marker)}, path)
+
+
+def bare_pickle(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps({"config": RunsACommand(marker)}))
+
+
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        (torch_file_with_a_command, "refused: it names posix.system to run when loaded"),
+        (bare_pickle, "refused unread: a bare pickle, not a torch checkpoint"),
+    ],
+)
+def test_a_planted_checkpoint_is_refused_saying_what_and_why_and_only_that(
+    tmp_path: Path, plant: Callable[[Path, Path], None], expected: str
+) -> None:
+    """The real command line: stderr is our one line, no torch warning before it, and the
+    payload never runs."""
+    marker = tmp_path / "ran"
+    plant(tmp_path / "best_model.pt", marker)
+    config = tmp_path / "here.toml"
+    config.write_text('[data]\nraw_dir = "unused"\n')
+    command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "evaluate", str(tmp_path)]
+    result = subprocess.run(
+        [*command, "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {tmp_path / 'best_model.pt'}: {expected}"), line
+    assert not marker.exists()
 
 
 def test_a_run_records_its_overrides(

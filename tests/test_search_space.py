@@ -3,12 +3,14 @@ stop a bad space before the search starts. No training here: samples come from h
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import numpy as np
 import pytest
-from hyperopt import space_eval
+from hyperopt import Trials, fmin, space_eval, tpe
+from hyperopt.base import Domain
 from hyperopt.pyll import stochastic
 
 from ecgtune.config import Config, validate_config
@@ -133,6 +135,50 @@ def test_the_base_point_is_the_base_config() -> None:
     assert space.base_point["model.conv_layers"] == 1  # the index of 2 in [1, 2, 3]
     sample = space_eval(space.expression, space.base_point)
     assert space.trial_config(sample) == config
+
+
+def test_every_point_hyperopt_draws_passes_the_saved_search_check() -> None:
+    """The labels the space knows are hyperopt's own, and every value TPE draws under them
+    (after its random start) is one the check of a saved search accepts: a resumed search is
+    never refused for values its own space drew."""
+    config = make_config(
+        {
+            "model.channels": {"each": {"choice": [8, 16, 32]}},
+            "training.lr": {"loguniform": [1e-4, 1e-2]},
+            "training.weight_decay": {"qloguniform": [1e-5, 1e-2, 1e-5]},
+            "training.batch_size": {"randint": [32, 129]},
+            "model.dropout": {"uniform": [0.1, 0.5]},
+            "training.focal_gamma": {"normal": [2.0, 0.1]},
+            "model.kind": {
+                "choice": ["cnn", "rnn"],
+                "when": {"rnn": {"model.hidden_size": {"quniform": [16, 64, 16]}}},
+            },
+        }
+    )
+    space = build_search_space(config)
+    assert set(Domain(lambda sample: 0.0, space.expression).params) == set(space.draws)
+    trials = Trials()
+    fmin(
+        lambda sample: float(np.random.default_rng(len(trials)).random()),
+        space.expression,
+        algo=functools.partial(tpe.suggest, n_startup_jobs=10),
+        max_evals=60,
+        trials=trials,
+        rstate=np.random.default_rng(3),
+        show_progressbar=False,
+    )
+    drawn = [
+        (label, value)
+        for doc in trials.trials
+        for label, values in doc["misc"]["vals"].items()
+        for value in values
+    ]
+    assert {label for label, _ in drawn} == set(space.draws)
+    assert [
+        (label, value) for label, value in drawn if space.saved_value_problem(label, value)
+    ] == []
+    assert space.saved_value_problem("model.channels[0]", 3) is not None
+    assert space.saved_value_problem("training.lr", 0.02) is not None
 
 
 @pytest.mark.parametrize(

@@ -318,6 +318,32 @@ def ok_without_loss(saved: dict[str, Any]) -> None:
     del doc["result"]["loss"]
 
 
+def nan_loss(saved: dict[str, Any]) -> None:
+    doc = next(doc for doc in saved["trials"] if doc["result"]["status"] == "ok")
+    doc["result"]["loss"] = float("nan")
+
+
+def minus_infinite_loss(saved: dict[str, Any]) -> None:
+    doc = next(doc for doc in saved["trials"] if doc["result"]["status"] == "ok")
+    doc["result"]["loss"] = -float("inf")
+
+
+def infinite_value(saved: dict[str, Any]) -> None:
+    saved["trials"][1]["misc"]["vals"]["x"] = [float("inf")]
+
+
+def path_parent_run(saved: dict[str, Any]) -> None:
+    saved["attachments"][METADATA]["parent_run_id"] = "../../mlruns/0/abc"
+
+
+def quoted_parent_run(saved: dict[str, Any]) -> None:
+    saved["attachments"][METADATA]["parent_run_id"] = "'0123abcd'"
+
+
+def path_search_id(saved: dict[str, Any]) -> None:
+    saved["attachments"][METADATA]["search_id"] = "../../../etc"
+
+
 def text_value(saved: dict[str, Any]) -> None:
     saved["trials"][1]["misc"]["vals"]["x"] = ["0.5"]
 
@@ -343,8 +369,14 @@ def missing_misc(saved: dict[str, Any]) -> None:
         (duplicated_trial, "trial number 1 is saved twice"),
         (unparsable_time, 'trials[3].book_time = "yesterday" is not null or an ISO date'),
         (unknown_status, 'trials[0].result = {"status": "great", '),
-        (ok_without_loss, ".loss = null is not a number, as the status is ok"),
-        (text_value, 'trials[1].misc.vals.x = ["0.5"] is not a list of numbers'),
+        (ok_without_loss, ".loss = null is not a finite number, as the status is ok"),
+        (nan_loss, ".loss = NaN is not a finite number, as the status is ok"),
+        (minus_infinite_loss, ".loss = -Infinity is not a finite number, as the status is ok"),
+        (infinite_value, "trials[1].misc.vals.x = [Infinity] is not a list of finite numbers"),
+        (text_value, 'trials[1].misc.vals.x = ["0.5"] is not a list of finite numbers'),
+        (path_parent_run, 'parent_run_id = "../../mlruns/0/abc" is not an MLflow run id'),
+        (quoted_parent_run, "parent_run_id = \"'0123abcd'\" is not an MLflow run id"),
+        (path_search_id, 'search_id = "../../../etc" is not a search id (search-YYYYmmdd-HHMMSS)'),
         (missing_metadata, "attachments.ecgtune is missing"),
         (missing_parent_run, "attachments.ecgtune.parent_run_id is missing"),
         (missing_misc, "trials[4].misc is missing"),

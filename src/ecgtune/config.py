@@ -16,6 +16,7 @@ URLs, the experiment name) run with the rest of the schema.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -132,8 +133,13 @@ VALUE_KINDS = {"boolean": {"boolean"}, "number": {"integer", "float"}, "string":
 
 
 def _scalar_problem(annotation: Any, value: Any) -> str | None:
+    """Why a scalar does not fit a key of numbers or booleans: the wrong TOML type, or nan
+    and inf, which TOML writes as floats but which no bound of the schema can say it refuses
+    (``lr = nan`` compares false with every bound)."""
     kind = _toml_kind(value)
     accepted = _accepted_types(annotation)
+    if kind == "number" and accepted & VALUE_KINDS["number"] and not math.isfinite(value):
+        return "not a finite number (nan and inf are refused)"
     if kind is None or not accepted or VALUE_KINDS[kind] & accepted:
         return None
     takes = " or ".join(EXPECTED[name] for name in sorted(accepted))
@@ -890,7 +896,7 @@ class TrackingConfig(Section):
     @field_validator("mlflow_uri")
     @classmethod
     def _mlflow_store(cls, value: str) -> str:
-        scheme = _uri_scheme(value)
+        scheme = uri_scheme(value)
         if scheme is None or (scheme and scheme not in MLFLOW_SCHEMES):
             raise _value_error(
                 "MLflow has no tracking store for it: give a local path, a file:, sqlite:, "
@@ -910,7 +916,7 @@ class TrackingConfig(Section):
         return value
 
 
-def _uri_scheme(uri: str) -> str | None:
+def uri_scheme(uri: str) -> str | None:
     """The scheme as MLflow reads it (``postgresql+psycopg2`` -> ``postgresql``); "" for a
     local path (a one-letter scheme is a Windows drive); None when the URI does not parse."""
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from pickle import UnpicklingError
@@ -27,6 +28,12 @@ from ecgtune.models import build_model
 from ecgtune.models.ensemble import MAX_MEMBERS, Ensemble, member_count
 
 CHECKPOINT_FORMAT = 1
+ZIP_MAGIC = b"PK\x03\x04"
+"""How every file ``torch.save`` writes begins (a zip archive)."""
+PICKLE_PROTOCOL = b"\x80"
+"""How a pickle of protocol 2 or later begins."""
+GLOBAL_REFUSED = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)")
+"""torch's words for a global that ``weights_only`` refuses (two wordings, by the module)."""
 CHECKPOINT_NAME = "best_model.pt"
 """The model a run leaves behind (a search's best trial, a training's best epoch)."""
 
@@ -47,11 +54,21 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, Config, tuple[str, ...]]:
-    """The model (on the CPU, eval mode), its config and class names, from ``save_checkpoint``."""
+    """The model (on the CPU, eval mode), its config and class names, from ``save_checkpoint``.
+
+    Only a zip archive (what ``torch.save`` writes) reaches ``torch.load``, with
+    ``weights_only=True``: a bare pickle is refused unread, and torch's warnings about a file
+    it refuses anyway are silenced, so the refusal is one line."""
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as stream:
+            head = stream.read(len(ZIP_MAGIC))
+        if head != ZIP_MAGIC:
+            raise DataError(f"{path}: {not_a_torch_file(head)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = validate_config(checkpoint["config"], source=str(path))
         class_names = tuple(checkpoint["class_names"])
         model = build_classifier(config, len(class_names), checkpoint.get("members", 1))
@@ -59,6 +76,17 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Config, tuple[str, ...]]:
     except (OSError, RuntimeError, KeyError, TypeError, EOFError, UnpicklingError) as exc:
         raise DataError(f"{path}: {checkpoint_problem(exc)}") from None
     return model.eval(), config, class_names
+
+
+def not_a_torch_file(head: bytes) -> str:
+    """Why a file that is no zip archive is refused: a bare pickle (which would run any code
+    it names when unpickled) by name, anything else as not a checkpoint."""
+    if head.startswith(PICKLE_PROTOCOL):
+        return (
+            "refused unread: a bare pickle, not a torch checkpoint (torch.save writes a zip "
+            "archive), and unpickling a file runs any code it names"
+        )
+    return "not a readable ecgtune checkpoint (not the zip archive that torch.save writes)"
 
 
 def build_classifier(config: Config, n_classes: int, members: object) -> nn.Module:
@@ -75,16 +103,20 @@ def build_classifier(config: Config, n_classes: int, members: object) -> nn.Modu
 def checkpoint_problem(exc: BaseException) -> str:
     """Why a checkpoint was not loaded, in one line (torch's own messages run to several
     paragraphs): a file that names code to run (a class or function, which
-    ``torch.load(weights_only=True)`` never calls) is refused by name."""
+    ``torch.load(weights_only=True)`` never calls) is refused by name, and so is one that
+    holds anything else ``weights_only`` refuses."""
     text = str(exc).strip()
-    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+    if found := GLOBAL_REFUSED.search(text):
         return (
             f"refused: it names {found.group(1)} to run when loaded, and checkpoints are "
             f"loaded with torch.load(weights_only=True), which runs nothing; not an ecgtune "
             f"checkpoint"
         )
     if isinstance(exc, UnpicklingError):
-        return "not a readable ecgtune checkpoint (not a torch file)"
+        return (
+            "refused: it holds what torch.load(weights_only=True) does not load, which no "
+            "ecgtune checkpoint holds"
+        )
     reason = text.splitlines()[0][:200] if text else type(exc).__name__
     return f"not a readable ecgtune checkpoint ({reason})"
 

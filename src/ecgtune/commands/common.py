@@ -1,5 +1,6 @@
-"""What every command does before its work: check that its output folders are writable, and
-hold the experiment's lock so that two runs never write one run directory at once."""
+"""What every command does before its work: check that its output folders and its MLflow
+store are writable, and hold the experiment's lock so that two runs never write one run
+directory at once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,9 +17,10 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ecgtune.config import AAMI_CLASSES, Config
-from ecgtune.data.files import atomic_write
+from ecgtune.data.files import atomic_write, writable_problem
 from ecgtune.errors import UserError
 from ecgtune.models.budget import check_model_budget
+from ecgtune.tracking.local_store import check_local_store
 from ecgtune.training import available_cores, resolve_device
 
 LOCK_FILE = ".ecgtune.lock"
@@ -62,15 +63,17 @@ def check_writable(folders: Mapping[str, Path]) -> None:
     missing-permission folder is one line naming the key and the path, not a failure hours
     later. ``folders`` maps the config key (or option) to its folder."""
     for key, folder in folders.items():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
+        if problem := writable_problem(folder):
             raise UserError(
-                f"{key} = {str(folder)!r}: cannot write there ({exc.strerror or exc}); "
-                f"choose a writable folder"
-            ) from None
+                f"{key} = {str(folder)!r}: cannot write there ({problem}); choose a writable folder"
+            )
+
+
+def check_outputs(config: Config) -> None:
+    """Every place a search or a training writes, checked before any work: the output
+    folders and a local MLflow store (a SQLite file or a file store)."""
+    check_writable(output_folders(config))
+    check_local_store(config.tracking.mlflow_uri)
 
 
 @contextmanager

@@ -15,9 +15,8 @@ from importlib.metadata import version
 
 from ecgtune.commands.common import (
     check_model_size,
-    check_writable,
+    check_outputs,
     device_and_threads,
-    output_folders,
     quiet_library_logs,
     run_lock,
     timestamped_dir,
@@ -32,6 +31,7 @@ from ecgtune.errors import ConfigError, interruption
 from ecgtune.export.card import write_model_card
 from ecgtune.report import CHECKPOINT_NAME, save_checkpoint, write_report
 from ecgtune.search.folds import fit
+from ecgtune.tracking.local_store import artifact_location
 from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import (
     OVERRIDES_TAG,
@@ -55,11 +55,13 @@ def train_command(
 ) -> int:
     """Train, save the best epoch's model, evaluate it once on the test split; 0 when done."""
     check_model_size(config)
-    check_writable(output_folders(config))
+    check_outputs(config)
     quiet_library_logs(config.tracking.verbose)
     console = make_console()
     with run_lock(config.run_dir, "train"):
-        tracker = MlflowTracker(config.tracking.mlflow_uri, config.tracking.experiment)
+        tracker = MlflowTracker(
+            config.tracking.mlflow_uri, config.tracking.experiment, artifact_location(config)
+        )
         dataset = load_dataset(config, data_progress(console))
         console.print(run_header(config, dataset, *device_and_threads(config), ENGINE))
         run_dir = timestamped_dir(config.run_dir, "train")

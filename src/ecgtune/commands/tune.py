@@ -1,17 +1,19 @@
 """``hypertune.py tune`` (and plain ``hypertune.py``): run or resume the search, then evaluate
 its best model once on the test split.
 
-Reads top to bottom: check the space, the output folders and the engine's settings; take the
-experiment's lock; open the saved search (or start one; ``--fresh`` sets the old one aside);
-connect to MLflow (an unreachable server is refused now, not hours later); start the engine's
-session (the Ray engine starts or joins Ray); build the dataset once (every trial trains on the
-same splits); run the trials with the display, MLflow and TensorBoard as trial observers;
-evaluate the best trial once on the test split and write the outputs. ``search.engine`` picks
-who runs the trials: :class:`LocalSearch` (hyperopt's ``fmin`` here, one at a time) or
+Reads top to bottom: check the space, the output folders, a local MLflow store and the engine's
+settings; take the experiment's lock; open the saved search (or start one; ``--fresh`` sets the
+old one aside), every trial checked against the space and the best trial's checkpoint loaded;
+connect to MLflow (an unreachable server is refused now, not hours later) and check that the
+saved search's parent run belongs to this experiment; start the engine's session (the Ray
+engine starts or joins Ray); build the dataset once (every trial trains on the same splits);
+run the trials with the display, MLflow and TensorBoard as trial observers; evaluate the best
+trial once on the test split and write the outputs. ``search.engine`` picks who runs the
+trials: :class:`LocalSearch` (hyperopt's ``fmin`` here, one at a time) or
 :class:`~ecgtune.search.ray_engine.RaySearch` (Ray Tune, several at once, here or on a
-cluster); both report to the same observers and leave the same outputs. Whatever ends
-the search early (Ctrl-C, SIGTERM, a lost server, a failed write) closes the parent run as
-KILLED or FAILED, and every finished trial stays saved: the same command resumes.
+cluster); both report to the same observers and leave the same outputs. Whatever ends the
+search early (Ctrl-C, SIGTERM, a lost server, a failed write) closes the parent run as KILLED
+or FAILED, and every finished trial stays saved: the same command resumes.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from rich.console import Console
 
 from ecgtune.commands.common import (
     check_model_size,
-    check_writable,
+    check_outputs,
     device_and_threads,
-    output_folders,
     quiet_library_logs,
     run_lock,
 )
@@ -42,13 +43,14 @@ from ecgtune.console.search import SearchDisplay, run_header, top_trials_table
 from ecgtune.console.training import metrics_table
 from ecgtune.data import load_dataset
 from ecgtune.data.dataset import Dataset
-from ecgtune.errors import ConfigError, interruption
+from ecgtune.errors import ConfigError, DataError, interruption
 from ecgtune.export.card import write_model_card
 from ecgtune.search.loop import (
     ENGINE_KEYS,
     SETTINGS_KEYS,
     BestTrial,
     check_same_search,
+    check_saved_trials,
     evaluate_best,
     finished_rows,
     new_search_id,
@@ -59,8 +61,9 @@ from ecgtune.search.loop import (
 from ecgtune.search.pruning import check_pruning
 from ecgtune.search.ray_store import RayTrialStore
 from ecgtune.search.space import SearchSpace, build_search_space
-from ecgtune.search.store import METADATA, TrialStore
+from ecgtune.search.store import FRESH, METADATA, TrialStore
 from ecgtune.search.trials import TrialObserver, TrialObserverFanOut, TrialRow, best_row
+from ecgtune.tracking.local_store import artifact_location
 from ecgtune.tracking.mlflow_model import log_model
 from ecgtune.tracking.mlflow_runs import OVERRIDES_TAG, MlflowTracker, MlflowTrials
 from ecgtune.tracking.tensorboard import TensorBoardTrials, search_tensorboard_root
@@ -81,7 +84,7 @@ def tune_command(
     space = build_search_space(config)
     check_pruning(space)
     check_model_size(config)
-    check_writable(output_folders(config))
+    check_outputs(config)
     quiet_library_logs(config.tracking.verbose)
     engine = search_engine(config, space)
     console = make_console()
@@ -93,7 +96,11 @@ def tune_command(
         identity = search_identity(config)
         if metadata is not None:
             check_same_search(metadata["identity"], identity, engine.path)
-        tracker = MlflowTracker(config.tracking.mlflow_uri, config.tracking.experiment)
+        tracker = MlflowTracker(
+            config.tracking.mlflow_uri, config.tracking.experiment, artifact_location(config)
+        )
+        if metadata is not None:
+            check_parent_run(tracker, metadata["parent_run_id"], engine.path)
         with engine.session():
             dataset = load_dataset(config, data_progress(console))
             header = run_header(config, dataset, *device_and_threads(config), engine.description())
@@ -186,7 +193,9 @@ class LocalSearch:
         self.trials: Trials | None = None
 
     def load(self) -> dict[str, Any] | None:
-        self.trials = self.store.load()
+        self.trials = self.store.load(
+            lambda trials: check_saved_trials(trials, self.space, self.store)
+        )
         return None if self.trials is None else self.trials.attachments[METADATA]
 
     def start(self, metadata: dict[str, Any]) -> None:
@@ -248,6 +257,14 @@ def check_one_engine(config: Config) -> None:
                 f"{engine!r} engine; resume it with search.engine = {engine!r}, or start over "
                 f"with --fresh (the old trials are kept)"
             )
+
+
+def check_parent_run(tracker: MlflowTracker, run_id: str, saved: Path) -> None:
+    """Before any work: the saved search's parent run is in this store and experiment."""
+    if problem := tracker.parent_run_problem(run_id):
+        raise DataError(
+            f"{saved}: attachments.{METADATA}.parent_run_id = {run_id!r} {problem}; {FRESH}"
+        )
 
 
 def start_search(

@@ -22,6 +22,18 @@ def _new_file_mode() -> int:
 NEW_FILE_MODE = _new_file_mode()
 
 
+def writable_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written (the system's reason), or None: it is created if
+    missing, and a scratch file is written in it and deleted."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 @contextmanager
 def atomic_write(target: Path, folder_key: str | None = None) -> Iterator[BinaryIO]:
     """A binary stream to a temporary file beside ``target``, moved onto ``target`` with

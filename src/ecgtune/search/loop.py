@@ -46,7 +46,15 @@ from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, wr
 from ecgtune.search.folds import fit
 from ecgtune.search.pruning import TrialPruner
 from ecgtune.search.space import SearchSpace, flatten_sample
-from ecgtune.search.store import METADATA, TrialStore
+from ecgtune.search.store import (
+    METADATA,
+    TrialsFileError,
+    TrialStore,
+    checked_figures,
+    checked_row,
+    invalid,
+    member,
+)
 from ecgtune.search.trials import (
     TrialObserver,
     TrialOutcome,
@@ -128,6 +136,54 @@ def check_same_search(saved: dict[str, Any], current: dict[str, Any], path: Path
             f"resume it with the config it was made with, or start over with --fresh "
             f"(the old trials are kept)"
         )
+
+
+def check_saved_trials(trials: Trials, space: SearchSpace, store: TrialStore) -> None:
+    """A well-formed ``trials.json`` checked against the search that resumes it, before any
+    work: every trial's sampled values drawable by the space (a choice index within its
+    list, a number within its range), every finished trial's result of ecgtune's kinds (its
+    row, its validation figures), and the best trial's checkpoint usable."""
+    for index, doc in enumerate(trials._dynamic_trials):
+        where = f"trials[{index}]"
+        for label, values in doc["misc"]["vals"].items():
+            for value in values:
+                if problem := space.saved_value_problem(label, value):
+                    raise TrialsFileError(f"{where}.misc.vals.{label} = {value!r} {problem}")
+        if doc["state"] == JOB_STATE_DONE:
+            check_trial_result(doc["result"], doc["tid"], f"{where}.result")
+    check_best_checkpoint(finished_rows(trials), space.base.training.objective, store)
+
+
+def check_trial_result(result: dict[str, Any], tid: int, where: str) -> None:
+    """What :class:`TrialRunner` returned for the trial: its row (of its number, with a status
+    that agrees with hyperopt's) and, for a finished trial, its validation figures."""
+    row = checked_row(member(result, "row", f"{where}.", dict), f"{where}.row")
+    if row.number != tid:
+        raise invalid(f"{where}.row.number", row.number, f"the trial's tid {tid}")
+    if row.ok != (result["status"] == STATUS_OK):
+        expected = STATUS_OK if row.ok else STATUS_FAIL
+        raise invalid(
+            f"{where}.status",
+            result["status"],
+            f"{expected!r}, as its row's status is {row.status}",
+        )
+    if row.ok:
+        checked_figures(member(result, "valid", f"{where}.", dict), where)
+
+
+def check_best_checkpoint(rows: list[TrialRow], objective: str, store: TrialStore) -> None:
+    """The best trial's model, loaded now: the search evaluates it at its end (and a resumed
+    search keeps it while no trial beats it), so a missing or unusable one is refused when
+    the saved search is read, not after trials have trained."""
+    best = best_row(rows, objective)
+    if best is None:
+        return
+    try:
+        load_checkpoint(store.checkpoint(best.number))
+    except UserError as exc:
+        raise TrialsFileError(
+            f"the best trial ({best.number}) has no usable model: {exc}"
+        ) from None
 
 
 def new_trials(space: SearchSpace, metadata: dict[str, Any]) -> Trials:

@@ -72,6 +72,7 @@ from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.search.folds import fit
 from ecgtune.search.loop import (
     BestTrial,
+    check_best_checkpoint,
     evaluate_rows,
     rows_without_progress,
     seeded_by_trial,
@@ -696,7 +697,11 @@ class RaySearch:
 
     def load(self) -> dict[str, Any] | None:
         """The saved search's metadata, or None when there is none."""
-        self.record = self.store.load()
+        objective = self.config.training.objective
+        checkpoints = TrialStore(self.config.run_dir)
+        self.record = self.store.load(
+            lambda record: check_best_checkpoint(record.rows, objective, checkpoints)
+        )
         return None if self.record is None else self.record.metadata
 
     def start(self, metadata: dict[str, Any]) -> None:

@@ -19,24 +19,26 @@ The file::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from ecgtune.search.store import (
     CHECKPOINT_DIR,
     TrialsFileError,
+    checked_by,
+    checked_figures,
     checked_metadata,
+    checked_row,
     invalid,
-    is_integer,
-    is_number,
     member,
     read_saved_search,
     rename_with_stamp,
     write_saved_search,
 )
-from ecgtune.search.trials import TrialRow, TrialStatus
+from ecgtune.search.trials import TrialRow
 
 RAY_TRIALS_FILE = "ray_trials.json"
 RAY_DIR = "ray"
@@ -66,12 +68,15 @@ class RayTrialStore:
         self.run_dir = run_dir
         self.path = run_dir / RAY_TRIALS_FILE
 
-    def load(self) -> RaySearchRecord | None:
+    def load(
+        self, check: Callable[[RaySearchRecord], None] = lambda record: None
+    ) -> RaySearchRecord | None:
         """The saved record, or None when there is none; anything but a well-formed file is
-        refused with a DataError."""
+        refused with a DataError, and so is a record ``check`` (the search's checkpoint)
+        finds a :class:`TrialsFileError` in."""
         if not self.path.exists():
             return None
-        return read_saved_search(self.path, record_from_saved)
+        return read_saved_search(self.path, checked_by(record_from_saved, check))
 
     def save(self, record: RaySearchRecord) -> None:
         """Atomically: a resumed search sees the old file or the new one."""
@@ -109,31 +114,3 @@ def record_from_saved(saved: object) -> RaySearchRecord:
             raise TrialsFileError(f"trial number {row.number} is saved twice")
         record.add(row, checked_figures(member(entry, "valid", f"{where}.", dict), where))
     return record
-
-
-ROW_TYPES: dict[str, tuple[str, Any]] = {
-    "number": ("a trial number", lambda v: is_integer(v) and v >= 0),
-    "status": (f"one of {get_args(TrialStatus)}", lambda v: v in get_args(TrialStatus)),
-    "values": ("an object", lambda v: isinstance(v, dict)),
-    "objective": ("a number or null", lambda v: v is None or is_number(v)),
-    "epochs": ("a count of epochs", lambda v: is_integer(v) and v >= 0),
-    "seconds": ("a number of seconds", is_number),
-    "note": ("a string", lambda v: isinstance(v, str)),
-}
-"""Each field of a saved :class:`TrialRow`: what it must be, and the check."""
-
-
-def checked_row(row: dict[str, Any], where: str) -> TrialRow:
-    for key, (expected, check) in ROW_TYPES.items():
-        if not check(member(row, key, f"{where}.")):
-            raise invalid(f"{where}.{key}", row[key], expected)
-    if set(row) != set(ROW_TYPES):
-        raise TrialsFileError(f"{where} has other fields than {', '.join(ROW_TYPES)}")
-    return TrialRow(**row)
-
-
-def checked_figures(figures: dict[str, Any], where: str) -> dict[str, float]:
-    for name, value in figures.items():
-        if not is_number(value):
-            raise invalid(f"{where}.valid.{name}", value, "a number")
-    return figures

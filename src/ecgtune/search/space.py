@@ -22,6 +22,7 @@ import math
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 from hyperopt import hp
@@ -45,6 +46,8 @@ PER_STAGE_KEYS = tuple(f"model.{key}" for key in (*PER_LAYER_KEYS, "se_blocks", 
 UNSEARCHABLE_KEYS = ("training.objective", "training.device", "training.num_threads")
 """Keys the search compares trials by (the objective) or that do not change a trial's result."""
 CONTINUOUS_KINDS = ("uniform", "loguniform", "normal")
+RANGE_TOLERANCE = 1e-9
+"""Relative slack at the ends of a range: hyperopt's draws pass through ``exp`` and ``log``."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ class SearchSpace:
     expression: dict[str, Any]
     base_point: dict[str, Any]
     reference: dict[str, Any]
+    draws: dict[str, tuple[str, Distribution]]
+    """Every hyperopt label of the expression, with the key (``[index]`` for an ``each``
+    entry) and the one distribution drawn under it."""
 
     @property
     def searched_keys(self) -> list[str]:
@@ -99,6 +105,22 @@ class SearchSpace:
             for value in _candidates(entry.distribution)
         ]
 
+    def saved_value_problem(self, label: str, value: float) -> str | None:
+        """Why a value a saved search holds for ``label`` (a choice's index, a range's draw)
+        is not one this space can draw, or None: a planted or edited ``trials.json`` would
+        make hyperopt index past a choice list, or a trial train outside the space."""
+        if label not in self.draws:
+            return "is not drawn by any key of search.space"
+        key, distribution = self.draws[label]
+        if distribution.choice is None:
+            reason = _outside(distribution, value)
+        else:
+            options = distribution.choice
+            integer = isinstance(value, Integral) and not isinstance(value, bool)
+            is_index = integer and 0 <= value < len(options)
+            reason = None if is_index else f"is not an index of the choices {options}"
+        return reason and f"{reason} (search.space {key!r})"
+
     def values_of(self, config: Config) -> dict[str, Any]:
         """The searched keys' values in a validated trial config (typed, lists cut to depth);
         keys of sub-spaces the trial did not open are left out."""
@@ -129,6 +151,7 @@ def build_search_space(config: Config) -> SearchSpace:
         expression=_space_expression(space, "", lengths),
         base_point=_base_point(space, "", reference, lengths),
         reference=reference,
+        draws=_draws(space, "", lengths),
     )
 
 
@@ -163,9 +186,7 @@ def _entries(
         found.append(SpaceEntry(key, label, distribution, opened_by))
         for option in distribution.choice or []:
             sub_space = (distribution.when or {}).get(option_label(option), {})
-            found += _entries(
-                sub_space, f"{label}={option_label(option)}/", (*opened_by, (key, option))
-            )
+            found += _entries(sub_space, _sub_prefix(label, option), (*opened_by, (key, option)))
     return found
 
 
@@ -332,6 +353,34 @@ def _kind_name(distribution: Distribution) -> str:
     return f"each {each.kind}" if each is not None else distribution.kind
 
 
+def _sub_prefix(label: str, option: Any) -> str:
+    """The labels' prefix in the sub-space a choice's option opens: ``model.kind=rnn/``."""
+    return f"{label}={option_label(option)}/"
+
+
+def _item_label(label: str, index: int) -> str:
+    """The label of one entry of an ``each`` list: ``model.channels[0]``."""
+    return f"{label}[{index}]"
+
+
+def _draws(
+    space: dict[str, Distribution], prefix: str, lengths: dict[str, int]
+) -> dict[str, tuple[str, Distribution]]:
+    """Every label :func:`_space_expression` gives hyperopt, with its key and distribution."""
+    found: dict[str, tuple[str, Distribution]] = {}
+    for key, distribution in space.items():
+        label = prefix + key
+        if distribution.each is not None:
+            for index in range(lengths[key]):
+                found[_item_label(label, index)] = (f"{key}[{index}]", distribution.each)
+            continue
+        found[label] = (key, distribution)
+        for option in distribution.choice or []:
+            sub_space = (distribution.when or {}).get(option_label(option), {})
+            found |= _draws(sub_space, _sub_prefix(label, option), lengths)
+    return found
+
+
 def _space_expression(
     space: dict[str, Distribution], prefix: str, lengths: dict[str, int]
 ) -> dict[str, Any]:
@@ -347,14 +396,14 @@ def _distribution_expression(
     """A choice that opens sub-spaces draws dicts ``{key: option, **sub-space}``, which
     :func:`flatten_sample` merges back into dotted keys."""
     if distribution.each is not None:
-        return [_draw(distribution.each, f"{label}[{i}]") for i in range(lengths[key])]
+        return [_draw(distribution.each, _item_label(label, i)) for i in range(lengths[key])]
     if distribution.when is not None:
         branches = [
             {
                 key: option,
                 **_space_expression(
                     distribution.when.get(option_label(option), {}),
-                    f"{label}={option_label(option)}/",
+                    _sub_prefix(label, option),
                     lengths,
                 ),
             }
@@ -393,33 +442,42 @@ def _base_point(
         if distribution.each is not None:
             for index, item in enumerate(value[: lengths[key]]):
                 point.update(
-                    _point_of(distribution.each, f"{label}[{index}]", item, f"{key}[{index}]")
+                    _point_of(distribution.each, _item_label(label, index), item, f"{key}[{index}]")
                 )
             continue
         point.update(_point_of(distribution, label, value, key))
         if distribution.when is not None:
             sub_space = distribution.when.get(option_label(value), {})
-            point.update(
-                _base_point(sub_space, f"{label}={option_label(value)}/", reference, lengths)
-            )
+            point.update(_base_point(sub_space, _sub_prefix(label, value), reference, lengths))
     return point
 
 
 def _point_of(distribution: Distribution, label: str, value: Any, key: str) -> dict[str, Any]:
     """``{label: hyperopt value}`` for a base value, or a ConfigError if the space cannot draw
     it."""
-    kind = distribution.kind
     if distribution.choice is not None:
         for index, option in enumerate(distribution.choice):
             if option == value and isinstance(option, bool) == isinstance(value, bool):
                 return {label: index}
         reason = f"is not among the choices {distribution.choice}"
+    elif (outside := _outside(distribution, value)) is None:
+        return {label: value}
     else:
-        candidates = _candidates(distribution)
-        if kind == "normal" or candidates[0] <= value <= candidates[-1]:
-            return {label: value}
-        reason = f"is outside {kind} = {list(getattr(distribution, kind))}"
+        reason = outside
     raise ConfigError(
         f"search.space.{key!r}: the base config's value {value!r} {reason}; the base config is "
         f"the first trial, so the space must be able to draw it"
     )
+
+
+def _outside(distribution: Distribution, value: float) -> str | None:
+    """Why a range cannot draw ``value`` (``is outside uniform = [0.1, 0.5]``), or None; a
+    normal draws any number. The ends are the candidates (quantised ends as hyperopt rounds
+    them), with a relative tolerance for the rounding of a log-uniform's ``exp(log(low))``."""
+    kind = distribution.kind
+    candidates = _candidates(distribution)
+    low, high = candidates[0], candidates[-1]
+    slack = RANGE_TOLERANCE * max(abs(low), abs(high))
+    if kind == "normal" or low - slack <= value <= high + slack:
+        return None
+    return f"is outside {kind} = {list(getattr(distribution, kind))}"

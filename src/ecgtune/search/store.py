@@ -4,8 +4,10 @@ attachment, as plain JSON, and the best trial's checkpoints beside it.
 Why JSON: a run directory is copied, shared and downloaded, and the previous format, a
 pickled ``Trials`` in ``trials.pkl``, ran whatever code a planted file named as soon as
 ``hypertune.py tune`` resumed it. This module reads the file with :mod:`json` only, checks
-every field hyperopt relies on, and rebuilds ``Trials`` from the checked documents: a planted,
-corrupt or foreign file is refused with one line, never executed. An old ``trials.pkl`` is
+every field hyperopt relies on (numbers finite, ids of their form), and rebuilds ``Trials``
+from the checked documents: a planted, corrupt or foreign file is refused with one line, never
+executed. The search then checks the trials against its own space and its best trial's
+checkpoint (``TrialStore.load``'s ``check``), refused in the same line. An old ``trials.pkl`` is
 not read at all; ``--fresh`` sets it aside like any saved search.
 
 The file::
@@ -23,11 +25,13 @@ strings; loading restores the tuples and datetimes of hyperopt's own fields.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, TypeGuard, TypeVar, get_args
 
 import numpy as np
 from hyperopt import Trials
@@ -35,6 +39,7 @@ from hyperopt.base import JOB_STATES, STATUS_STRINGS, TRIAL_KEYS, TRIAL_MISC_KEY
 
 from ecgtune.data.files import atomic_write
 from ecgtune.errors import DataError
+from ecgtune.search.trials import FINISHED_STATUSES, TrialRow, TrialStatus
 
 TRIALS_FILE = "trials.json"
 OLD_TRIALS_FILE = "trials.pkl"
@@ -44,6 +49,18 @@ METADATA = "ecgtune"
 """Key of ``Trials.attachments`` holding the search's identity, MLflow parent run and id."""
 METADATA_FIELDS: dict[str, type] = {"identity": dict, "parent_run_id": str, "search_id": str}
 """What the search reads from the attachment, with the JSON type each must have."""
+METADATA_FORMS: dict[str, tuple[re.Pattern[str], str]] = {
+    "parent_run_id": (
+        re.compile(r"[a-zA-Z0-9][\w\-]{0,255}", re.ASCII),
+        "an MLflow run id (letters, digits, _ and -)",
+    ),
+    "search_id": (
+        re.compile(r"search-\d{8}-\d{6}", re.ASCII),
+        "a search id (search-YYYYmmdd-HHMMSS)",
+    ),
+}
+"""The form of the attachment's ids: MLflow's own rule for run ids, and the search id that
+names folders (TensorBoard's, Ray's), which must not be a path."""
 FORMAT = "ecgtune-trials"
 VERSION = 1
 FRESH = "to start over, use --fresh (it keeps the old file)"
@@ -61,9 +78,11 @@ class TrialStore:
         self.old_path = run_dir / OLD_TRIALS_FILE
         self.checkpoints = run_dir / CHECKPOINT_DIR
 
-    def load(self) -> Trials | None:
+    def load(self, check: Callable[[Trials], None] = lambda trials: None) -> Trials | None:
         """The saved search, or None when there is none; anything but a well-formed
-        ``trials.json`` (an old ``trials.pkl`` included) is refused with a DataError."""
+        ``trials.json`` (an old ``trials.pkl`` included) is refused with a DataError, and so
+        is a search that ``check`` (the search's own rules: its space, its checkpoint) finds
+        a :class:`TrialsFileError` in."""
         if not self.path.exists():
             if self.old_path.exists():
                 raise DataError(
@@ -71,7 +90,7 @@ class TrialStore:
                     f"unpickling a file can run any code in it; {FRESH}"
                 )
             return None
-        return read_saved_search(self.path, trials_from_saved)
+        return read_saved_search(self.path, checked_by(trials_from_saved, check))
 
     def save(self, trials: Trials) -> None:
         """Atomically: a reader (or a resumed search) sees the old file or the new one."""
@@ -120,6 +139,20 @@ def read_saved_search(path: Path, parse: Callable[[object], Saved]) -> Saved:
         return parse(saved)
     except TrialsFileError as exc:
         raise DataError(f"{path}: {exc}; {FRESH}") from None
+
+
+def checked_by(
+    parse: Callable[[object], Saved], check: Callable[[Saved], None]
+) -> Callable[[object], Saved]:
+    """``parse``, then ``check`` of what it parsed: the search's own rules on a well-formed
+    file, refused as the file's own problems are."""
+
+    def parse_and_check(saved: object) -> Saved:
+        parsed = parse(saved)
+        check(parsed)
+        return parsed
+
+    return parse_and_check
 
 
 def write_saved_search(
@@ -195,9 +228,14 @@ def check_version(version: object) -> None:
 
 
 def checked_metadata(attachments: dict[str, Any]) -> dict[str, Any]:
+    """The search's identity and ids; an id of another form (a path, a quoted value) would
+    reach MLflow or name a folder."""
     metadata: dict[str, Any] = member(attachments, METADATA, "attachments.", dict)
     for key, kind in METADATA_FIELDS.items():
         member(metadata, key, f"attachments.{METADATA}.", kind)
+    for key, (form, expected) in METADATA_FORMS.items():
+        if not form.fullmatch(metadata[key]):
+            raise invalid(f"attachments.{METADATA}.{key}", metadata[key], expected)
     return metadata
 
 
@@ -229,10 +267,10 @@ def check_result(result: object, where: str) -> None:
         raise invalid(where, result, f"an object with a status of {'/'.join(STATUS_STRINGS)}")
     loss = result.get("loss")
     if result["status"] == "ok" and not is_number(loss):
-        raise invalid(f"{where}.loss", loss, "a number, as the status is ok")
+        raise invalid(f"{where}.loss", loss, "a finite number, as the status is ok")
     curve = result.get("curve", [])
     if not (isinstance(curve, list) and all(is_number(value) for value in curve)):
-        raise invalid(f"{where}.curve", curve, "a list of numbers (one per epoch)")
+        raise invalid(f"{where}.curve", curve, "a list of finite numbers (one per epoch)")
 
 
 def checked_misc(misc: object, tid: int, where: str) -> dict[str, Any]:
@@ -255,7 +293,7 @@ def checked_misc(misc: object, tid: int, where: str) -> dict[str, Any]:
         if not (isinstance(values, list) and len(values) == len(drawn)):
             raise invalid(f"{where}.vals.{label}", values, f"a list as long as idxs.{label}")
         if not all(is_number(value) for value in values):
-            raise invalid(f"{where}.vals.{label}", values, "a list of numbers")
+            raise invalid(f"{where}.vals.{label}", values, "a list of finite numbers")
     tuples = {key: tuple(misc[key]) for key in TUPLE_MISC_FIELDS if isinstance(misc.get(key), list)}
     return {**misc, **tuples}
 
@@ -306,4 +344,41 @@ def is_integer(value: object) -> TypeGuard[int]:
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Finite JSON numbers: Python's json reads NaN and Infinity, which no figure, loss or
+    sampled value of a search is."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+ROW_TYPES: dict[str, tuple[str, Any]] = {
+    "number": ("a trial number", lambda v: is_integer(v) and v >= 0),
+    "status": (f"one of {get_args(TrialStatus)}", lambda v: v in get_args(TrialStatus)),
+    "values": ("an object", lambda v: isinstance(v, dict)),
+    "objective": ("a finite number or null", lambda v: v is None or is_number(v)),
+    "epochs": ("a count of epochs", lambda v: is_integer(v) and v >= 0),
+    "seconds": ("a number of seconds", lambda v: is_number(v) and v >= 0),
+    "note": ("a string", lambda v: isinstance(v, str)),
+}
+"""Each field of a saved :class:`TrialRow`: what it must be, and the check."""
+
+
+def checked_row(row: dict[str, Any], where: str) -> TrialRow:
+    """A finished trial's row, as both engines save it: every field of its kind, and an
+    objective for a trial that finished (its rank among the trials)."""
+    for key, (expected, check) in ROW_TYPES.items():
+        if not check(member(row, key, f"{where}.")):
+            raise invalid(f"{where}.{key}", row[key], expected)
+    if set(row) != set(ROW_TYPES):
+        raise TrialsFileError(f"{where} has other fields than {', '.join(ROW_TYPES)}")
+    if row["status"] in FINISHED_STATUSES and row["objective"] is None:
+        raise invalid(
+            f"{where}.objective", None, f"a finite number, as the status is {row['status']}"
+        )
+    return TrialRow(**row)
+
+
+def checked_figures(figures: dict[str, Any], where: str) -> dict[str, float]:
+    """A trial's validation figures by name, each a finite number."""
+    for name, value in figures.items():
+        if not is_number(value):
+            raise invalid(f"{where}.valid.{name}", value, "a finite number")
+    return figures

@@ -36,10 +36,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 
 from ecgtune.config import Config, config_toml
 from ecgtune.dotted import flatten
-from ecgtune.errors import TrackingError
+from ecgtune.errors import TrackingError, UserError
 from ecgtune.search.trials import TrialObserver, TrialOutcome, TrialStart
 from ecgtune.tracking.tensorboard import epoch_scalars, trial_tensorboard_dir
 from ecgtune.training import EpochRecord, TrainingObserver, TrainResult
@@ -62,6 +63,8 @@ OVERRIDES_TAG = "ecgtune.overrides"
 SEARCHED_TAG = "ecgtune.searched_keys"
 BEST_TRIAL_TAG = "ecgtune.best_trial"
 BEST_RUN_TAG = "ecgtune.best_trial_run_id"
+MISSING = "RESOURCE_DOES_NOT_EXIST"
+"""MLflow's error code for a run (or experiment) that its store does not hold."""
 NOTE_TAG = "mlflow.note.content"
 """The run's description in the UI (markdown)."""
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -99,16 +102,21 @@ def bounded(method: Callable[P, R]) -> Callable[P, R]:
 class MlflowTracker:
     """The MLflow side of a search or a training, bound to one tracking URI and experiment."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        """Connect and find (or create) the experiment; an unreachable store is refused now
+    def __init__(self, uri: str, experiment: str, artifacts: Path | None = None) -> None:
+        """Connect and find (or create) the experiment, with its artifacts in ``artifacts``
+        when given (else where the store puts them); an unreachable store is refused now
         rather than hours into the search."""
         self.uri = uri
+        self.experiment = experiment
         bound_http_requests()
-        self.client = MlflowClient(tracking_uri=uri)
         with _store_errors(uri):
+            self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment)
+            location = artifacts.resolve().as_uri() if artifacts else None
             self.experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
+                found.experiment_id
+                if found
+                else self.client.create_experiment(experiment, artifact_location=location)
             )
             if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
                 self.client.set_experiment_tag(
@@ -124,6 +132,25 @@ class MlflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=texts)
         self._log(run.info.run_id, params=params)
         return str(run.info.run_id)
+
+    @bounded
+    def parent_run_problem(self, run_id: str) -> str | None:
+        """Why a saved search's parent run cannot be resumed here, or None: it is no run of
+        this store, or a run of another experiment (a ``trials.json`` copied from another
+        run directory would link the new trials to that experiment's search)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != MISSING:
+                raise
+            return f"is no run of the MLflow store tracking.mlflow_uri = {self.uri!r}"
+        if run.info.experiment_id == self.experiment_id:
+            return None
+        other = self.client.get_experiment(run.info.experiment_id).name
+        return (
+            f"is a run of the MLflow experiment {other!r}, not of tracking.experiment = "
+            f"{self.experiment!r} (was the file copied from another run directory?)"
+        )
 
     @bounded
     def resume_parent(self, run_id: str, settings: Mapping[str, Any]) -> None:
@@ -346,7 +373,7 @@ def _store_errors(uri: str) -> Iterator[None]:
     """Any failure to reach the tracking store becomes one clear TrackingError line."""
     try:
         yield
-    except TrackingError:
+    except UserError:  # already one line of ours (a lost server, a refused saved search)
         raise
     except Exception as exc:  # MLflow raises many kinds (HTTP, SQL, OS): all mean the same
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
