@@ -18,10 +18,13 @@ from torch import nn
 
 from ecgtune.config import DataConfig, validate_config
 from ecgtune.data.beats import RR_COLUMNS, RecordBeats, rr_selection, segment_record
+from ecgtune.data.build import pool_record_beats
 from ecgtune.data.records import Annotations, Lead, read_annotations, read_named_leads
 from ecgtune.errors import ConfigError
 from ecgtune.models import BeatClassifier, build_model
+from ecgtune.report import load_checkpoint
 from ecgtune.search.space import build_search_space
+from ecgtune.training import predict_proba
 
 from .conftest import TINY_CNN
 
@@ -186,3 +189,17 @@ def test_an_ectopic_objective_needs_the_s_and_v_classes(objective: str) -> None:
     }
     with pytest.raises(ConfigError, match=rf"training\.objective = '{objective}' scores the S "):
         validate_config({"data": binary, "training": {"objective": objective}})
+
+
+def test_a_model_saved_before_the_rhythm_features_predicts_as_it_did(mitdb_dir: Path) -> None:
+    """A checkpoint written by the code before these keys and columns existed (commit f65a9ef,
+    ``tests/data/saved_before_rhythm``) loads, reads the same RR columns of the same beats and
+    gives the probabilities it gave then."""
+    saved = Path(__file__).parent / "data" / "saved_before_rhythm"
+    model, config, _ = load_checkpoint(saved / "best_model.pt")
+    assert config.model.rr_head == "concat" and config.inference.adapt == "none"
+    leads = read_named_leads(mitdb_dir / "100", ["MLII"], first_channel=True)
+    beats = segment_record("100", leads, read_annotations(mitdb_dir, "100"), config.data)
+    then = np.load(saved / "record_100_probabilities.npy", allow_pickle=False)
+    now = predict_proba(model, pool_record_beats([beats]))
+    np.testing.assert_allclose(now, then, atol=1e-6)
