@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from ecgtune.config import Config
 from ecgtune.data import Dataset, load_dataset
+from ecgtune.data.beats import RR_COLUMNS
 from ecgtune.errors import ConfigError, DataError
 
 SPLITS = ("train", "valid", "test")
@@ -67,7 +68,7 @@ def test_mitbih_csv_train_and_test_files(
     np.testing.assert_array_equal(dataset.test.labels, labels[1200:])
     assert len(dataset.valid) == 120 and len(dataset.train) == 1080
     assert set(dataset.test.records.tolist()) == {"mitbih_test.csv"}
-    assert np.array_equal(dataset.test.rr, np.zeros((400, 7), dtype=np.float32))
+    assert np.array_equal(dataset.test.rr, np.zeros((400, len(RR_COLUMNS)), dtype=np.float32))
     train_counts = np.bincount(labels[:1200], minlength=5)
     valid_counts = dataset.valid.class_counts(dataset.n_classes)
     np.testing.assert_allclose(valid_counts, train_counts * 0.1, atol=1)

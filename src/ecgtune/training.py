@@ -350,10 +350,11 @@ def batch_loss(
 ) -> Tensor:
     """The classification loss, plus the patient adversary's record cross-entropy when on
     (its gradient reaches the encoder reversed: :mod:`ecgtune.models.adversary`)."""
+    if run.adversary is None:
+        plain: Tensor = run.criterion(run.model(signals, rr), labels)
+        return plain
     features, logits = run.model.features_and_logits(signals, rr)
     loss: Tensor = run.criterion(logits, labels)
-    if run.adversary is None:
-        return loss
     return loss + F.cross_entropy(run.adversary(features), records)
 
 
