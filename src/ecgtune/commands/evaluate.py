@@ -119,9 +119,9 @@ def evaluate_database_command(
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     jobs = [(database.folder / name, annotator) for name in names]
+    classify = torch_classifier(model, config.inference)
     with beat_progress(console, len(names)) as record_done:
         for name, cut in zip(names, cut_records(jobs, choice, config.data, strict), strict=True):
-            classify = torch_classifier(model, config.inference)
             predicted = record_probabilities(classify, cut).argmax(axis=1)
             rows.append(record_row(name, cut, confusion_of(cut.beats.labels, predicted)))
             notes.extend(stand_in_notes(name, cut, choice))

@@ -235,9 +235,9 @@ def segment_record(
     in_signal = (labels >= 0) & inside
     if np.count_nonzero(in_signal) < 2:
         raise DataError(f"record {record}: fewer than two beat annotations, no RR interval")
-    rr = np.diff(annotations.samples[in_signal]) / leads[0].fs
-    edge = round(EDGE_SECONDS * leads[0].fs)
     samples = annotations.samples[in_signal]
+    rr = np.diff(samples) / leads[0].fs
+    edge = round(EDGE_SECONDS * leads[0].fs)
     whole = (samples >= edge) & (samples < n_samples - edge)
     is_beat = in_signal.copy()
     is_beat[in_signal] = whole
@@ -256,7 +256,7 @@ def segment_record(
         signals=signals[keep],
         labels=labels[is_beat][keep],
         rr=features.astype(np.float32)[whole][keep],
-        samples=annotations.samples[is_beat][keep],
+        samples=samples[whole][keep],
         symbols=annotations.symbols[is_beat][keep],
         skipped=skipped,
     )
@@ -454,8 +454,7 @@ def rr_features(rr: NDArray[np.float64], config: DataConfig) -> NDArray[np.float
     following = np.concatenate([rr, rr[-1:]])
     record_mean = rr.mean()
     local = local_mean_rr(rr, config.rr_local_beats)
-    every = np.ones(rr.size, dtype=np.bool_)
-    seconds = seconds_mean_rr(rr, config.rr_local_seconds, every)
+    seconds = seconds_mean_rr(rr, config.rr_local_seconds)
     regular = rr >= config.rr_premature * seconds[:-1]
     robust = seconds_mean_rr(rr, config.rr_local_seconds, regular)
     long = seconds_mean_rr(rr, config.rr_long_seconds, regular)
@@ -479,28 +478,32 @@ def rr_features(rr: NDArray[np.float64], config: DataConfig) -> NDArray[np.float
 
 
 def seconds_mean_rr(
-    rr: NDArray[np.float64], seconds: float, kept: NDArray[np.bool_]
+    rr: NDArray[np.float64], seconds: float, kept: NDArray[np.bool_] | None = None
 ) -> NDArray[np.float64]:
-    """Per beat, the mean of the ``kept`` intervals that ended in the ``seconds`` up to and
-    including its previous one (the end of that interval); where none is kept, the mean of all
-    of them. The first beat has no interval before it and takes its next."""
+    """Per beat, the mean of the intervals (only the ``kept`` ones, when given) that ended in
+    the ``seconds`` up to and including its previous one (the end of that interval); where none
+    is kept, the mean of all of them. The first beat has no interval before it and takes its
+    next."""
     ends = np.cumsum(rr)
     starts = np.searchsorted(ends, ends - seconds, side="right")
     last = np.arange(1, rr.size + 1)
-    every = mean_between(rr, np.ones(rr.size, dtype=np.bool_), starts, last)
-    some = mean_between(rr, kept, starts, last)
-    mean = np.where(np.isnan(some), every, some)
+    mean = mean_between(rr, None, starts, last)
+    if kept is not None:
+        some = mean_between(rr, kept, starts, last)
+        mean = np.where(np.isnan(some), mean, some)
     return np.concatenate([rr[:1], mean])
 
 
 def mean_between(
     values: NDArray[np.float64],
-    kept: NDArray[np.bool_],
+    kept: NDArray[np.bool_] | None,
     starts: NDArray[np.int64],
     stops: NDArray[np.int64],
 ) -> NDArray[np.float64]:
-    """Mean of ``values[start:stop]`` over the ``kept`` entries, for every pair at once from
-    running sums; NaN where a range keeps none."""
+    """Mean of ``values[start:stop]`` (over the ``kept`` entries, when given) for every pair
+    at once from running sums; NaN where a range keeps none."""
+    if kept is None:
+        kept = np.ones(values.size, dtype=np.bool_)
     sums = np.concatenate([[0.0], np.cumsum(np.where(kept, values, 0.0))])
     counts = np.concatenate([[0], np.cumsum(kept)])
     n = counts[stops] - counts[starts]
@@ -514,4 +517,4 @@ def local_mean_rr(rr: NDArray[np.float64], local_beats: int) -> NDArray[np.float
     previous one (fewer for the first beats; the first beat has none and takes its next)."""
     ends = np.maximum(np.arange(rr.size + 1), 1)
     starts = np.maximum(ends - local_beats, 0)
-    return mean_between(rr, np.ones(rr.size, dtype=np.bool_), starts, ends)
+    return mean_between(rr, None, starts, ends)
