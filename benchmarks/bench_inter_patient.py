@@ -67,8 +67,9 @@ PUBLISHED = {
 }
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that trains the experiment over seeds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--raw-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mitdb"
     )
@@ -76,10 +77,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--parallel", type=int, default=2, help="seeds trained at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed")
+    return parser
+
+
+def resolved(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments with absolute paths (the runs happen in other folders)."""
+    for key in ("raw_dir", "config", "output"):
+        setattr(args, key, getattr(args, key).resolve())
+    return args
+
+
+def parse_args() -> argparse.Namespace:
+    parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "inter_patient.json"
     )
-    return parser.parse_args()
+    return resolved(parser.parse_args())
 
 
 def seed_overrides(args: argparse.Namespace, seed: int, folder: Path) -> list[str]:
@@ -102,12 +115,14 @@ def train_command(config: Path, items: Sequence[str]) -> list[str]:
             "--quiet", *sets]  # fmt: skip
 
 
-def train_seed(args: argparse.Namespace, config: Path, folder: Path, seed: int) -> Path:
-    """One seed's ``train`` run in its own process, its output in ``train.log``; its run
-    folder (``best_model.pt``, ``report.json``)."""
+def train_seed(
+    args: argparse.Namespace, config: Path, folder: Path, seed: int, changes: Sequence[str]
+) -> Path:
+    """One seed's ``train`` run in its own process (``changes``: more ``--set`` items), its
+    output in ``train.log``; its run folder (``best_model.pt``, ``report.json``)."""
     place = folder / f"seed-{seed}"
     place.mkdir(parents=True)
-    command = train_command(config, seed_overrides(args, seed, place))
+    command = train_command(config, [*seed_overrides(args, seed, place), *changes])
     with (place / "train.log").open("w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     assert done.returncode == 0, (place / "train.log").read_text()[-3000:]
@@ -115,10 +130,15 @@ def train_seed(args: argparse.Namespace, config: Path, folder: Path, seed: int) 
     return checkpoint.parent
 
 
-def train_seeds(args: argparse.Namespace, config: Path, folder: Path) -> dict[int, Path]:
+def train_seeds(
+    args: argparse.Namespace, config: Path, folder: Path, changes: Sequence[str] = ()
+) -> dict[int, Path]:
     """Every seed's run, ``args.parallel`` processes at a time."""
     with ThreadPoolExecutor(args.parallel) as pool:
-        runs = {seed: pool.submit(train_seed, args, config, folder, seed) for seed in args.seeds}
+        runs = {
+            seed: pool.submit(train_seed, args, config, folder, seed, changes)
+            for seed in args.seeds
+        }
     return {seed: run.result() for seed, run in runs.items()}
 
 
@@ -259,8 +279,7 @@ def goal_gaps(mean: dict[str, Any], sd: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    args.raw_dir, args.output = args.raw_dir.resolve(), args.output.resolve()
-    config_path = args.config.resolve()
+    config_path = args.config
     started = time.perf_counter()
     config = load_config(config_path)
     assert config.data.split == "inter" and config.search.folds, f"{config_path}: inter, folds"
