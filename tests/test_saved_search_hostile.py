@@ -1,9 +1,11 @@
 """A saved search that is well-formed JSON but does not fit the search resuming it: values
 outside the space, losses and figures of the wrong kinds, a missing best checkpoint, parent
-run ids of the wrong form or of another MLflow experiment. Each is refused from the real
-command line with one line naming the file, the trial and the key, exit 2, before any trial
+run ids of the wrong form or of another MLflow experiment. Each is refused by the command
+line's own ``main`` (in this process: a Python start per case made this file the slowest of
+the suite) with one line naming the file, the trial and the key, exit 2, before any trial
 trains (hyperopt used to index past a choice list with a traceback after a trial had
-trained); and a locked experiment is refused for its lock before its saved search is read.
+trained); and a locked experiment is refused for its lock, by a real ``hypertune.py``
+process, before its saved search is read.
 
 One real search of two trials is run once for the module; every test plants its damage in a
 copy of it.
@@ -11,6 +13,7 @@ copy of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -23,6 +26,7 @@ import pytest
 import tomli_w
 from filelock import FileLock
 
+from ecgtune.cli import main
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
 from ecgtune.search.loop import search_identity
@@ -104,29 +108,32 @@ def best_index(saved: Saved) -> int:
     return next(i for i, doc in enumerate(saved["trials"]) if doc is best_doc(saved))
 
 
-def tune(config: Config, folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``hypertune.py tune`` resuming with one trial more than the saved search holds (so the
-    old code trained one before it failed)."""
+def resume_command(config: Config, folder: Path, *extra: str) -> list[str]:
+    """The arguments of ``hypertune.py`` resuming with one trial more than the saved search
+    holds (so the old code trained one before it failed), its config written in ``folder``."""
     path = folder / "config.toml"
     path.write_text(tomli_w.dumps(config.model_dump(mode="json", exclude_none=True)))
-    command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--quiet"]
-    return subprocess.run(
-        [*command, "--config", str(path), "--max-evals", "3", *extra],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    return ["tune", "--quiet", "--config", str(path), "--max-evals", "3", *extra]
 
 
-def refusal(config: Config, folder: Path, *extra: str) -> str:
+def tune(
+    config: Config, folder: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str]:
+    """The resume through the command line's own ``main`` in this process (what
+    ``hypertune.py`` calls): its exit status and what it wrote to stderr."""
+    capsys.readouterr()
+    with contextlib.chdir(folder):
+        status = main(resume_command(config, folder, *extra))
+    return status, capsys.readouterr().err
+
+
+def refusal(config: Config, folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """The one line of a refused resume: exit 2, no traceback, the file named, --fresh
     suggested, and no trial trained (the planted file is as it was written)."""
     planted = trials_path(config).read_bytes()
-    result = tune(config, folder, *extra)
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
+    status, stderr = tune(config, folder, capsys)
+    assert status == 2, stderr
+    [line] = stderr.splitlines()
     assert line.startswith(f"error: {trials_path(config)}: "), line
     assert line.endswith(FRESH), line
     assert trials_path(config).read_bytes() == planted
@@ -214,7 +221,11 @@ def set_result(path: tuple[str, ...], value: Any) -> Callable[[Saved], None]:
     ],
 )
 def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
-    search_copy: Path, mitdb_dir: Path, plant: Callable[[Saved], None], expected: str
+    search_copy: Path,
+    mitdb_dir: Path,
+    plant: Callable[[Saved], None],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     saved = read_saved(config)
@@ -222,20 +233,20 @@ def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
     plant(saved)
     write_saved(config, saved)
 
-    line = refusal(config, search_copy)
+    line = refusal(config, search_copy, capsys)
 
     assert f": trials[{index}].{expected}" in line, line
 
 
 def test_a_saved_search_without_its_best_checkpoint_is_refused_before_any_trial(
-    search_copy: Path, mitdb_dir: Path
+    search_copy: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     tid = best_doc(read_saved(config))["tid"]
     checkpoint = config.run_dir / "checkpoints" / f"trial-{tid:03d}.pt"
     checkpoint.unlink()
 
-    line = refusal(config, search_copy)
+    line = refusal(config, search_copy, capsys)
 
     assert f"the best trial ({tid}) has no usable model: checkpoint not found: {checkpoint}" in line
 
@@ -250,21 +261,25 @@ def test_a_saved_search_without_its_best_checkpoint_is_refused_before_any_trial(
     ids=["path", "quoted", "unknown"],
 )
 def test_a_parent_run_id_of_the_wrong_form_or_unknown_is_refused(
-    search_copy: Path, mitdb_dir: Path, parent_run_id: str, expected: str
+    search_copy: Path,
+    mitdb_dir: Path,
+    parent_run_id: str,
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     saved = read_saved(config)
     saved["attachments"][METADATA]["parent_run_id"] = parent_run_id
     write_saved(config, saved)
 
-    line = refusal(config, search_copy)
+    line = refusal(config, search_copy, capsys)
 
     assert expected in line, line
     assert "cannot use the MLflow tracking store" not in line
 
 
 def test_a_saved_search_copied_from_another_experiment_is_refused(
-    search_copy: Path, mitdb_dir: Path
+    search_copy: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Same space and base config, another experiment in the same MLflow store: resuming
     would link the new trials to the other experiment's parent run."""
@@ -273,7 +288,7 @@ def test_a_saved_search_copied_from_another_experiment_is_refused(
     shutil.copytree(source.run_dir, config.run_dir)
     parent = read_saved(config)["attachments"][METADATA]["parent_run_id"]
 
-    line = refusal(config, search_copy)
+    line = refusal(config, search_copy, capsys)
 
     assert (
         f"parent_run_id = '{parent}' is a run of the MLflow experiment '{EXPERIMENT}', not of "
@@ -299,7 +314,15 @@ def test_a_locked_experiment_is_refused_for_its_lock_before_its_saved_search_is_
     set_value("model.channels[0]", 999)(saved)
     write_saved(held_lock, saved)
 
-    result = tune(held_lock, search_copy, "--set", "model.fc_sizes=[16]")
+    command = resume_command(held_lock, search_copy, "--set", "model.fc_sizes=[16]")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "hypertune.py"), *command],
+        cwd=search_copy,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
@@ -315,7 +338,11 @@ def test_a_locked_experiment_is_refused_for_its_lock_before_its_saved_search_is_
     ids=["no-checkpoint", "nan-objective"],
 )
 def test_the_ray_engines_saved_search_gets_the_same_checks(
-    tmp_path: Path, mitdb_dir: Path, objective: float, expected: str
+    tmp_path: Path,
+    mitdb_dir: Path,
+    objective: float,
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``ray_trials.json`` is read by the same code: refused before Ray starts."""
     config = search_config(tmp_path, mitdb_dir)
@@ -333,9 +360,9 @@ def test_the_ray_engines_saved_search_gets_the_same_checks(
     config.run_dir.mkdir(parents=True)
     store.save(record)
 
-    result = tune(config, tmp_path)
+    status, stderr = tune(config, tmp_path, capsys)
 
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
+    assert status == 2, stderr
+    [line] = stderr.splitlines()
     assert line.startswith(f"error: {store.path}: {expected}"), line
     assert line.endswith(FRESH), line
