@@ -222,6 +222,11 @@ def test_the_readme_shows_the_main_job_and_the_test_command_ci_runs() -> None:
     assert ".venv/bin/python -m pytest" in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
+def results(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RESULTS / name).read_text(encoding="utf-8"))
+    return data
+
+
 # The figures. A row of a table whose header has ``S Se`` is checked when its first cell links
 # a results JSON (the columns it shows come from FIELDS) or names a published result of
 # inter_patient.json; a cell holds the JSON value at the cell's own rounding.
@@ -262,13 +267,26 @@ FIELDS: dict[str, dict[str, str]] = {
         "V +P": "baseline.ds2.aami.ppv_V",
     },
 }
-"""A row linking ``FILE.json#part`` shows that part of the file (the in-run baseline)."""
+ABLATION = "inter_patient_ablation.json"
+ABLATION_FIELDS = {
+    "S Se": "se_S",
+    "S +P": "ppv_S",
+    "V Se": "se_V",
+    "V +P": "ppv_V",
+    "jκ": "jkappa",
+    "sd of S Se": "sd_se_S",
+}
+FIELDS.update(
+    {
+        f"{ABLATION}#{line}": {
+            column: f"lines.{line}.{key}" for column, key in ABLATION_FIELDS.items()
+        }
+        for line in results(ABLATION)["lines"]
+    }
+)
+"""A row linking ``FILE.json#part`` shows that part of the file (the in-run baseline, one
+line of the ablation)."""
 PUBLISHED_FIELDS = {"S Se": "se_S", "S +P": "ppv_S", "V Se": "se_V", "V +P": "ppv_V"}
-
-
-def results(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((RESULTS / name).read_text(encoding="utf-8"))
-    return data
 
 
 def at(data: dict[str, Any], path: str) -> Any:
@@ -353,7 +371,8 @@ def test_every_figure_of_the_readme_equals_its_benchmark_json() -> None:
 
 def test_the_inter_patient_page_quotes_the_json() -> None:
     wrong, files, names = figure_mismatches((REPO_ROOT / "docs" / "inter-patient.md").read_text())
-    assert wrong == [] and files == {"inter_patient.json", "inter_patient.json#baseline"} and names
+    shown = {"inter_patient.json", "inter_patient.json#baseline"}
+    assert wrong == [] and files == shown | {key for key in FIELDS if ABLATION in key} and names
 
 
 def test_a_changed_figure_is_found() -> None:
