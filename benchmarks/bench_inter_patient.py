@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import numpy as np
 from machine import machine, write_results
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingClassifier
+from torch import nn
 
 from ecgtune.config import Config, load_config
 from ecgtune.data import load_dataset
@@ -191,29 +193,56 @@ def per_record_table(
     return rows
 
 
-def evaluate_seed(run_dir: Path) -> tuple[dict[str, Any], Config]:
-    """One seed's model on DS2: as its ``[inference]`` says, and with the other adaptation."""
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed's saved model, its config and class names, DS2, the model's DS2 predictions
+    as its ``[inference]`` says, and the run's own report."""
+
+    model: nn.Module
+    config: Config
+    names: tuple[str, ...]
+    test: BeatSet
+    predicted: NDArray[np.int64]
+    report: dict[str, Any]
+
+
+def predict_seed(run_dir: Path) -> SeedRun:
+    """One seed's model on DS2, checked against the figures its own run reported."""
     model, config, names = load_checkpoint(run_dir / "best_model.pt")
     test = load_dataset(config).test
     predicted = predict(model, test, config)
-    other = "none" if config.inference.adapt != "none" else "batch_norm"
-    flipped = config.model_copy(
-        update={"inference": config.inference.model_copy(update={"adapt": other})}
-    )
     report = json.loads((run_dir / "report.json").read_text())
     assert (
         report["metrics"]["confusion_matrix"]
         == compute_metrics(test.labels, predicted, names).confusion.tolist()
     ), "DS2 predictions differ from the run's own test figures"
-    result = {
-        "seed": config.seed,
-        "adapt": config.inference.adapt,
-        **split_figures(test, predicted, names),
-        f"adapt_{other}": split_figures(test, predict(model, test, flipped), names),
-        "per_record": per_record_table(test, predicted, names),
-        "train_seconds": round(report["seconds"], 1),
+    return SeedRun(model, config, names, test, predicted, report)
+
+
+def seed_figures(run: SeedRun) -> dict[str, Any]:
+    """The seed, its adaptation setting and its DS2 figures (whole, without 232)."""
+    return {
+        "seed": run.config.seed,
+        "adapt": run.config.inference.adapt,
+        **split_figures(run.test, run.predicted, run.names),
     }
-    return result, config
+
+
+def evaluate_seed(run_dir: Path) -> tuple[dict[str, Any], Config]:
+    """One seed's model on DS2: as its ``[inference]`` says, and with the other adaptation."""
+    run = predict_seed(run_dir)
+    inference = run.config.inference
+    other = "none" if inference.adapt != "none" else "batch_norm"
+    flipped = run.config.model_copy(
+        update={"inference": inference.model_copy(update={"adapt": other})}
+    )
+    result = {
+        **seed_figures(run),
+        f"adapt_{other}": split_figures(run.test, predict(run.model, run.test, flipped), run.names),
+        "per_record": per_record_table(run.test, run.predicted, run.names),
+        "train_seconds": round(run.report["seconds"], 1),
+    }
+    return result, run.config
 
 
 def beat_shape_features(beats: BeatSet, rr_columns: list[int]) -> NDArray[np.float32]:
@@ -279,12 +308,11 @@ def goal_gaps(mean: dict[str, Any], sd: dict[str, Any]) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    config_path = args.config
     started = time.perf_counter()
-    config = load_config(config_path)
-    assert config.data.split == "inter" and config.search.folds, f"{config_path}: inter, folds"
+    config = load_config(args.config)
+    assert config.data.split == "inter" and config.search.folds, f"{args.config}: inter, folds"
     with tempfile.TemporaryDirectory(prefix="bench-inter-") as tmp:
-        run_dirs = train_seeds(args, config_path, Path(tmp) / "seeds")
+        run_dirs = train_seeds(args, args.config, Path(tmp) / "seeds")
         train_seconds = time.perf_counter() - started
         runs, baselines = [], []
         for seed in args.seeds:
@@ -303,7 +331,7 @@ def main() -> None:
         ),
         "command": " ".join(["python", *sys.argv]),
         "equivalent_cli": (
-            f"python hypertune.py train --config {os.path.relpath(config_path, REPO_ROOT)} "
+            f"python hypertune.py train --config {os.path.relpath(args.config, REPO_ROOT)} "
             f"--set seed=N --set 'data.raw_dir=\"{args.raw_dir}\"' "
             f"--set training.num_threads={args.threads}"
         ),

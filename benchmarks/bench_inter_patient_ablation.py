@@ -24,9 +24,11 @@ from typing import Any
 
 from bench_inter_patient import (
     PACKAGES,
-    evaluate_seed,
+    REPO_ROOT,
     mean_sd,
+    predict_seed,
     resolved,
+    seed_figures,
     seed_parser,
     train_seeds,
 )
@@ -34,7 +36,6 @@ from machine import machine, write_results
 
 from ecgtune.config import Config, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = REPO_ROOT / "benchmarks" / "results" / "inter_patient.json"
 INGREDIENTS = {
     "patient_adversary": (
@@ -117,9 +118,8 @@ def adaptation_line(shipped: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
-    config_path = args.config
     started = time.perf_counter()
-    config = load_config(config_path)
+    config = load_config(args.config)
     shipped = shipped_figures(config, args.seeds)
     lines: dict[str, Any] = {
         "shipped": line(shipped["ds2"], shipped["ds2_sd"], shipped["ds2"]),
@@ -136,7 +136,7 @@ def main() -> None:
         "machine": machine(PACKAGES, torch_threads=args.threads, processes=args.parallel),
         "protocol": (
             f"per ingredient and seed: hypertune.py train --config "
-            f"{config_path.relative_to(REPO_ROOT)} --set seed=N --set <the ingredient>, as "
+            f"{args.config.relative_to(REPO_ROOT)} --set seed=N --set <the ingredient>, as "
             f"bench_inter_patient.py runs it; DS2 predicted once; mean over the seeds, and its "
             f"change from the shipped mean of {SHIPPED.name}"
         ),
@@ -147,8 +147,8 @@ def main() -> None:
         what, sets = INGREDIENTS[name]
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"bench-ablation-{name}-") as tmp:
-            run_dirs = train_seeds(args, config_path, Path(tmp) / "seeds", sets)
-            runs = [evaluate_seed(run_dirs[seed])[0] for seed in args.seeds]
+            run_dirs = train_seeds(args, args.config, Path(tmp) / "seeds", sets)
+            runs = [seed_figures(predict_seed(run_dirs[seed])) for seed in args.seeds]
         mean, sd = mean_sd(runs)
         lines[name] = {
             "what": what,
