@@ -14,56 +14,72 @@ distributions), :mod:`.inference` and :mod:`.tracking`; :mod:`.experiment` holds
 overrides into it. Callers import every name from here.
 """
 
-from ecgtune.config.loading import (
+from ecgtune.config.base import (
     AAMI_CLASSES,
-    CNN_HEAD_KEYS,
-    CONV_STAGE_KEYS,
     CPU_CORES,
-    DISTRIBUTION_KINDS,
-    ECTOPIC_OBJECTIVES,
     EXPECTED,
-    MAX_CLASSES,
-    MAX_CONFIG_BYTES,
-    MAX_LEADS,
-    MAX_SEED,
-    MITDB_CHANNELS,
-    MLFLOW_DATABASES,
-    MLFLOW_SCHEMES,
-    PER_ENTRY_BOUNDS,
-    PER_LAYER_KEYS,
-    RNN_ONLY_KEYS,
-    THIRTY_DAYS_SECONDS,
     VALUE_KINDS,
-    Activation,
-    AugmentConfig,
-    Config,
-    DataConfig,
-    Distribution,
-    InferenceConfig,
-    Metric,
-    ModelConfig,
-    Pooling,
-    ResampleConfig,
-    RRFeatures,
-    RRHead,
-    RRReference,
-    SearchConfig,
     Section,
-    TrackingConfig,
-    TrainingConfig,
-    check_model_fits,
     coercion_problem,
+    union_members,
+)
+from ecgtune.config.data import (
+    MAX_CLASSES,
+    MAX_LEADS,
+    MITDB_CHANNELS,
+    DataConfig,
+    ResampleConfig,
+)
+from ecgtune.config.experiment import (
+    MAX_SEED,
+    Config,
+)
+from ecgtune.config.inference import (
+    InferenceConfig,
+)
+from ecgtune.config.loading import (
+    MAX_CONFIG_BYTES,
     config_toml,
     describe_error,
     load_config,
-    option_label,
     parse_overrides,
     read_config_file,
     schema_field,
-    union_members,
     unknown_key_message,
-    uri_scheme,
     validate_config,
+)
+from ecgtune.config.model import (
+    CNN_HEAD_KEYS,
+    CONV_STAGE_KEYS,
+    PER_ENTRY_BOUNDS,
+    PER_LAYER_KEYS,
+    RNN_ONLY_KEYS,
+    Activation,
+    ModelConfig,
+    Pooling,
+    RRFeatures,
+    RRHead,
+    RRReference,
+    check_model_fits,
+)
+from ecgtune.config.search import (
+    DISTRIBUTION_KINDS,
+    THIRTY_DAYS_SECONDS,
+    Distribution,
+    SearchConfig,
+    option_label,
+)
+from ecgtune.config.tracking import (
+    MLFLOW_DATABASES,
+    MLFLOW_SCHEMES,
+    TrackingConfig,
+    uri_scheme,
+)
+from ecgtune.config.training import (
+    ECTOPIC_OBJECTIVES,
+    AugmentConfig,
+    Metric,
+    TrainingConfig,
 )
 
 __all__ = [
