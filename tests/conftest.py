@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ecgtune.cli import main
 from ecgtune.config import Config, validate_config
 
 pytest_plugins = ["tests.search_helpers"]  # the search tests' fixtures
@@ -77,6 +80,37 @@ def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
             yield folder
     finally:
         folder.chmod(0o755)
+
+
+INTERPRETER_WARNING_FILTERS = (
+    ("ignore", DeprecationWarning),
+    ("ignore", PendingDeprecationWarning),
+    ("ignore", ImportWarning),
+    ("ignore", ResourceWarning),
+)
+"""What a fresh interpreter hides (``warnings.filters`` at start-up, outside ``__main__``);
+every other warning it prints to stderr."""
+
+
+def run_hypertune(
+    args: Sequence[str], folder: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """``hypertune.py ARGS`` run in ``folder`` through the command line's own ``main`` in this
+    process (the code ``hypertune.py`` calls): its exit status and its stderr, with the
+    warnings a fresh interpreter would have printed there (pytest would otherwise collect them).
+
+    A fresh interpreter spends about 5 s importing torch and MLflow; tests keep one for what
+    only a real process shows (signals, locks, a lost server, two processes)."""
+    capsys.readouterr()
+    with contextlib.chdir(folder), warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        for action, category in INTERPRETER_WARNING_FILTERS:
+            warnings.simplefilter(action, category)
+        status = main(list(args))
+    printed = [
+        warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught
+    ]
+    return status, "".join(printed) + capsys.readouterr().err
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def test_labels_up_to_the_class_limit_are_class_indices(tmp_path: Path) -> None:
     assert labels.tolist() == [0, 4, MAX_CLASSES - 1] and labels.dtype == np.int64
 
 
+@pytest.mark.slow
 def test_a_huge_label_exits_2_from_the_real_entry_point(
     tmp_path: Path, real_signals: NDArray[np.float32]
 ) -> None:

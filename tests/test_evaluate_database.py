@@ -303,6 +303,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(
     assert not list(two_class_run.glob("evaluation*"))
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_database_fails_in_a_real_process(
     run_dir: Path, tmp_path: Path
 ) -> None:

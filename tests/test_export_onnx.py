@@ -111,6 +111,7 @@ def exported(
     return run
 
 
+@pytest.mark.slow
 def test_onnx_file_has_named_inputs_a_dynamic_batch_and_logits(exported: TrainedRun) -> None:
     graph = onnx.load(exported.run_dir / ONNX_NAME).graph
     uses_rr = exported.config.model.rr_features != "none"
@@ -183,6 +184,7 @@ class DataDependentGate(nn.Module):
         return x if float(x.mean()) > 0 else -x
 
 
+@pytest.mark.slow
 def test_a_layer_that_cannot_be_exported_is_named_in_one_line(tmp_path: Path) -> None:
     config = validate_config({"model": deep_merge(TINY_CNN, {"rr_features": "raw"})})
     model = build_model(config, len(CLASSES)).eval()
@@ -233,6 +235,7 @@ def test_a_run_without_checkpoint_is_a_data_error(tmp_path: Path) -> None:
         export_command(tmp_path)
 
 
+@pytest.mark.slow
 def test_onnx_file_without_its_sidecar_is_refused(tmp_path: Path) -> None:
     untrained_run(tmp_path)
     export_command(tmp_path)

@@ -3,8 +3,6 @@ a trial scored on its out-of-fold predictions, and the kept model trained as wit
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from ecgtune.models.ensemble import Ensemble
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ecgtune.search.folds import cross_validate, fold_datasets, record_folds
 from ecgtune.training import EpochRecord, TrainingObserver, predict, predict_proba, train_model
+from tests.conftest import run_hypertune
 from tests.search_helpers import mlflow_runs, results
 
 DS1_RECORDS = ["101", "106", "109", "118", "119", "124", "201", "203", "208", "223"]
@@ -112,6 +111,7 @@ def test_a_trial_is_scored_out_of_fold_and_keeps_the_ensemble_of_its_fold_models
     assert "3 record-grouped folds, an ensemble" in result.stop_reason
 
 
+@pytest.mark.slow
 def test_an_ensemble_checkpoint_loads_exports_and_refuses_a_bad_member_count(
     folds_config: Callable[..., Config], dataset: Dataset, tmp_path: Path
 ) -> None:
@@ -138,6 +138,7 @@ def test_an_ensemble_checkpoint_loads_exports_and_refuses_a_bad_member_count(
             load_checkpoint(tmp_path / "bad.pt")
 
 
+@pytest.mark.slow
 def test_a_search_with_folds_reports_the_fold_score(
     folds_config: Callable[..., Config], in_tmp_path: None
 ) -> None:
@@ -155,7 +156,9 @@ def test_a_search_with_folds_reports_the_fold_score(
     assert f'"best_valid_objective": {best}' in report
 
 
-def test_folds_need_the_inter_split(tmp_path: Path, small_config: Callable[..., Config]) -> None:
+def test_folds_need_the_inter_split(
+    tmp_path: Path, small_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = small_config().model_dump(mode="json", exclude_none=True)
     path = tmp_path / "folds.toml"
     inter = {**raw["data"], "split": "inter", "records": RECORDS}
@@ -171,12 +174,7 @@ def test_folds_need_the_inter_split(tmp_path: Path, small_config: Callable[..., 
     for data, search, message in cases:
         raw["data"], raw["search"] = data, {**raw["search"], **search}
         path.write_text(tomli_w.dumps(raw))
-        done = subprocess.run(
-            [sys.executable, "hypertune.py", "tune", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        assert done.returncode == 2, done.stderr
-        assert message in done.stderr
-        assert "Traceback" not in done.stderr
+        status, stderr = run_hypertune(["tune", "--config", str(path)], tmp_path, capsys)
+        assert status == 2, stderr
+        assert message in stderr
+        assert "Traceback" not in stderr

@@ -241,6 +241,7 @@ def test_a_two_channel_model_trains_on_two_lead_beats(two_lead: TwoLeadRun) -> N
     assert np.isfinite(probabilities).all()
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_two_channel_model_matches_torch(two_lead: TwoLeadRun) -> None:
     run_dir = two_lead.folder / "run"
     assert export_command(run_dir) == 0
@@ -307,6 +308,7 @@ def test_predict_reads_the_leads_given_in_channel_order(
     np.testing.assert_allclose(written, own, atol=2e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "leads", "message"),
     [

@@ -91,6 +91,7 @@ def mixed_beats(logged: LoggedRun, per_class: int = 3) -> BeatSet:
     return test.take(np.sort(picked))
 
 
+@pytest.mark.slow
 def test_fresh_process_loads_the_run_model_and_gives_the_checkpoint_labels(
     logged: LoggedRun, tmp_path: Path
 ) -> None:
@@ -168,6 +169,7 @@ def stop_group(server: subprocess.Popen[bytes]) -> None:
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_served_model_answers_invocations_with_the_checkpoint_labels(
     logged: LoggedRun, model_server: str
 ) -> None:

@@ -502,6 +502,7 @@ def test_rnn_switches_build_what_they_name_and_train(options: dict[str, Any]) ->
     assert_builds_and_trains(model_config(options, base=SMALL_CNN))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", RNN_SIZES, ids=options_id)
 def test_rnn_sizes_at_the_schema_extremes_build_and_train(options: dict[str, Any]) -> None:
     assert_builds_and_trains(model_config(options, base=SMALL_CNN))

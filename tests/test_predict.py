@@ -50,6 +50,7 @@ def nearest(detected: NDArray[np.int64], reference: NDArray[np.int64]) -> NDArra
     return np.where(closer, after, before)
 
 
+@pytest.mark.slow
 def test_detected_beats_are_the_reference_beats_and_keep_their_labels(
     run_dir: Path, record_100: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

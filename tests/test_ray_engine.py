@@ -128,6 +128,7 @@ def overlapping(runs: list[Run]) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_local_ray_runs_two_trials_at_once_with_asha_and_writes_the_local_outputs(
     search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -181,6 +182,7 @@ def test_local_ray_runs_two_trials_at_once_with_asha_and_writes_the_local_output
     assert logs == [f"trial-{number:03d}" for number in range(4)]
 
 
+@pytest.mark.slow
 def test_one_trial_at_a_time_runs_the_search_of_the_local_engine(
     search_config: SearchConfig,
 ) -> None:
@@ -246,6 +248,7 @@ def kill_all(processes: set[tuple[int, int]]) -> None:
                 continue
 
 
+@pytest.mark.slow
 def test_a_driver_killed_mid_search_resumes_without_duplicate_trials(
     search_config: SearchConfig, tmp_path: Path
 ) -> None:
@@ -323,6 +326,7 @@ class NodeReports:
             time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_cluster_runs_trials_on_two_nodes_and_survives_losing_one(
     search_config: SearchConfig, ray_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +385,7 @@ def test_unreachable_ray_address_is_refused_within_seconds(
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_a_trial_larger_than_every_node_is_refused(
     search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

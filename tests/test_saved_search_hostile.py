@@ -13,7 +13,6 @@ copy of it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -26,14 +25,13 @@ import pytest
 import tomli_w
 from filelock import FileLock
 
-from ecgtune.cli import main
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
 from ecgtune.search.loop import search_identity
 from ecgtune.search.ray_store import RaySearchRecord, RayTrialStore
 from ecgtune.search.store import METADATA
 from ecgtune.search.trials import TrialRow
-from tests.conftest import QUICK_RECORDS, REPO_ROOT, TINY_CNN
+from tests.conftest import QUICK_RECORDS, REPO_ROOT, TINY_CNN, run_hypertune
 
 SPACE = {
     "model.channels": {"each": {"choice": [4, 8, 16]}},
@@ -119,12 +117,9 @@ def resume_command(config: Config, folder: Path, *extra: str) -> list[str]:
 def tune(
     config: Config, folder: Path, capsys: pytest.CaptureFixture[str], *extra: str
 ) -> tuple[int, str]:
-    """The resume through the command line's own ``main`` in this process (what
-    ``hypertune.py`` calls): its exit status and what it wrote to stderr."""
-    capsys.readouterr()
-    with contextlib.chdir(folder):
-        status = main(resume_command(config, folder, *extra))
-    return status, capsys.readouterr().err
+    """The resume through the command line's own ``main`` in this process: its exit status
+    and stderr."""
+    return run_hypertune(resume_command(config, folder, *extra), folder, capsys)
 
 
 def refusal(config: Config, folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -168,6 +163,7 @@ def set_result(path: tuple[str, ...], value: Any) -> Callable[[Saved], None]:
     return plant
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("plant", "expected"),
     [
@@ -305,6 +301,7 @@ def held_lock(search_copy: Path, mitdb_dir: Path) -> Iterator[Config]:
         yield config
 
 
+@pytest.mark.slow
 def test_a_locked_experiment_is_refused_for_its_lock_before_its_saved_search_is_read(
     held_lock: Config, search_copy: Path
 ) -> None:

@@ -114,6 +114,7 @@ def test_a_search_of_four_trials_writes_every_output(
     assert printed.count("Top 4 of 4 trials") == 1 and "Done in " in printed
 
 
+@pytest.mark.slow
 def test_what_a_reader_of_the_search_sees_in_mlflow_and_the_report_files(
     search_config: SearchConfig,
 ) -> None:
@@ -192,6 +193,7 @@ def assert_tensorboard_run(directory: Path, result: dict[str, Any]) -> None:
         assert start.hparams[f"model.kernel_sizes[{index}]"].number_value == size
 
 
+@pytest.mark.slow
 def test_tensorboard_declares_every_searched_key_with_its_domain(
     search_config: SearchConfig,
 ) -> None:
@@ -216,6 +218,7 @@ def test_tensorboard_declares_every_searched_key_with_its_domain(
     assert [metric.name.tag for metric in experiment.metric_infos] == ["best/valid_macro_f1"]
 
 
+@pytest.mark.slow
 def test_running_again_resumes_up_to_max_evals_under_the_same_parent(
     search_config: SearchConfig,
 ) -> None:
@@ -235,6 +238,7 @@ def test_running_again_resumes_up_to_max_evals_under_the_same_parent(
     assert {run.info.status for run in children} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_a_changed_space_is_refused_and_fresh_starts_over_keeping_the_old_trials(
     search_config: SearchConfig,
 ) -> None:
@@ -260,6 +264,7 @@ def test_a_changed_space_is_refused_and_fresh_starts_over_keeping_the_old_trials
     assert len(parents) == 2
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(
     search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,6 +289,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(
     assert "forced failure" in report["trials"][1]["note"]
 
 
+@pytest.mark.slow
 def test_the_search_stops_after_no_progress_evals_trials_without_improvement(
     search_config: SearchConfig,
 ) -> None:
@@ -296,6 +302,7 @@ def test_the_search_stops_after_no_progress_evals_trials_without_improvement(
     assert len(scores) == 3 and len(set(scores)) == 1
 
 
+@pytest.mark.slow
 def test_the_timeout_stops_starting_trials(search_config: SearchConfig) -> None:
     """Trials of 4 epochs outlast the 0.5 s timeout: the base trial runs, no other starts."""
     config = search_config(max_evals=20, epochs=4, search={"timeout": 0.5})
@@ -365,6 +372,7 @@ def wait_for_second_trial(config: Config, process: subprocess.Popen[str]) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_trial_loses_only_that_trial(
     slow_trials: tuple[Config, Path],
     search_process: Callable[[Path], subprocess.Popen[str]],
@@ -408,6 +416,7 @@ def tensorboard_dirs(config: Config) -> list[Path]:
     return sorted(path for path in search_dir.iterdir() if path.is_dir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signal_number", "status", "last_line", "reason"),
     [
@@ -445,6 +454,7 @@ def test_ctrl_c_and_sigterm_close_every_run_with_the_finished_trials_saved(
     assert not list(config.run_dir.rglob("*.part"))
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_experiment_is_refused_at_once(
     slow_trials: tuple[Config, Path],
     search_process: Callable[[Path], subprocess.Popen[str]],
@@ -479,6 +489,7 @@ def test_unwritable_output_is_refused_before_any_work(
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_mid_search_ends_it_with_one_line_and_closed_runs(
     search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -501,6 +512,7 @@ def test_a_write_that_fails_mid_search_ends_it_with_one_line_and_closed_runs(
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [True, False])
 def test_verbose_prints_the_model_summary_at_the_start_of_each_trial(
     search_config: SearchConfig, verbose: bool, capsys: pytest.CaptureFixture[str]

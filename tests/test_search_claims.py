@@ -39,7 +39,7 @@ from ecgtune.report import confusion_figure, load_checkpoint
 from ecgtune.search.space import build_search_space
 from ecgtune.search.trials import TrialRow
 from ecgtune.training import predict, predict_logits
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_hypertune
 from tests.search_helpers import SearchConfig, mlflow_runs, results, write_config
 
 pytestmark = pytest.mark.usefixtures("in_tmp_path")
@@ -77,6 +77,7 @@ def run_in_terminal(command: list[str], cwd: Path, seconds: float = 300) -> tupl
             process.wait()
 
 
+@pytest.mark.slow
 def test_plain_hypertune_runs_the_search_of_config_toml_with_the_live_display(
     search_config: SearchConfig, tmp_path: Path
 ) -> None:
@@ -99,6 +100,7 @@ def test_plain_hypertune_runs_the_search_of_config_toml_with_the_live_display(
     assert best_row.search(screen), "the best trial's row is not bold green"
 
 
+@pytest.mark.slow
 def test_the_best_model_is_the_best_trials_best_epoch(search_config: SearchConfig) -> None:
     config = search_config(max_evals=3, epochs=3)
     assert tune_command(config, quiet=True) == 0
@@ -144,6 +146,7 @@ class SplitSpy:
         return spied
 
 
+@pytest.mark.slow
 def test_the_test_split_is_predicted_once_after_the_last_trial(
     search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +165,7 @@ def test_the_test_split_is_predicted_once_after_the_last_trial(
     assert spy.calls == [3]
 
 
+@pytest.mark.slow
 def test_train_predicts_the_test_split_once(
     search_config: SearchConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +176,7 @@ def test_train_predicts_the_test_split_once(
     assert spy.calls == [0]
 
 
+@pytest.mark.slow
 def test_train_on_a_diverging_run_exits_2_with_one_line(
     search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,6 +203,7 @@ def only_run(config: Config) -> Any:
     return run
 
 
+@pytest.mark.slow
 def test_a_search_in_which_every_trial_fails_exits_2(
     search_config: SearchConfig,
     tmp_path: Path,
@@ -220,6 +226,7 @@ def test_a_search_in_which_every_trial_fails_exits_2(
     assert [run.info.status for run in children] == ["FAILED", "FAILED"]
 
 
+@pytest.mark.slow
 def test_a_sampled_value_the_schema_rejects_fails_only_that_trial(
     search_config: SearchConfig,
 ) -> None:
@@ -237,6 +244,7 @@ def test_a_sampled_value_the_schema_rejects_fails_only_that_trial(
     assert all(0 <= row["values"]["model.dropout"] < 1 for row in rows if row["status"] == "ok")
 
 
+@pytest.mark.slow
 def test_a_resume_may_change_paths_device_and_threads(
     search_config: SearchConfig, tmp_path: Path
 ) -> None:
@@ -254,6 +262,7 @@ def test_a_resume_may_change_paths_device_and_threads(
     assert (tmp_path / "other-logs").is_dir() and (tmp_path / "other-cache").is_dir()
 
 
+@pytest.mark.slow
 def test_fresh_keeps_the_old_checkpoints(search_config: SearchConfig) -> None:
     config = search_config(max_evals=1, epochs=1)
     assert tune_command(config, quiet=True) == 0
@@ -264,6 +273,7 @@ def test_fresh_keeps_the_old_checkpoints(search_config: SearchConfig) -> None:
     assert (config.run_dir / "checkpoints" / "trial-000.pt").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_with_the_same_seed_give_the_same_search(
     search_config: SearchConfig, tmp_path: Path
 ) -> None:
@@ -294,6 +304,7 @@ def test_two_processes_with_the_same_seed_give_the_same_search(
     assert outcomes[0] == outcomes[1]
 
 
+@pytest.mark.slow
 def test_the_terminal_shows_a_header_one_column_per_searched_key_and_the_top_trials_once(
     search_config: SearchConfig,
     capsys: pytest.CaptureFixture[str],
@@ -405,29 +416,26 @@ def bare_pickle(path: Path, marker: Path) -> None:
     ],
 )
 def test_a_planted_checkpoint_is_refused_saying_what_and_why_and_only_that(
-    tmp_path: Path, plant: Callable[[Path, Path], None], expected: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    plant: Callable[[Path, Path], None],
+    expected: str,
 ) -> None:
-    """The real command line: stderr is our one line, no torch warning before it, and the
-    payload never runs."""
+    """The command line: stderr is our one line, no torch warning before it, and the payload
+    never runs."""
     marker = tmp_path / "ran"
     plant(tmp_path / "best_model.pt", marker)
     config = tmp_path / "here.toml"
     config.write_text('[data]\nraw_dir = "unused"\n')
-    command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "evaluate", str(tmp_path)]
-    result = subprocess.run(
-        [*command, "--config", str(config)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
+    command = ["evaluate", str(tmp_path), "--config", str(config)]
+    status, stderr = run_hypertune(command, tmp_path, capsys)
+    assert status == 2, stderr
+    [line] = stderr.splitlines()
     assert line.startswith(f"error: {tmp_path / 'best_model.pt'}: {expected}"), line
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_run_records_its_overrides(
     search_config: SearchConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,8 +10,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +26,7 @@ from ecgtune.config import Config
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.search.loop import check_same_search, search_identity
 from ecgtune.search.store import METADATA, TrialStore
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_hypertune
 
 SPACE = {"x": hp.uniform("x", -3, 3), "kind": hp.choice("kind", ["good", "plain", "bad"])}
 BASE_POINT = {"x": 0.5, "kind": 1}
@@ -399,10 +397,13 @@ def test_a_damaged_file_is_refused_with_the_field_named(
 
 @pytest.mark.parametrize("planted", [["trials.pkl"], ["trials.pkl", "trials.json"]])
 def test_tune_refuses_planted_files_without_running_them(
-    tmp_path: Path, small_config: Callable[..., Config], planted: list[str]
+    tmp_path: Path,
+    small_config: Callable[..., Config],
+    capsys: pytest.CaptureFixture[str],
+    planted: list[str],
 ) -> None:
-    """The real command line, with a payload in each planted file: exit 2, one line naming
-    the file it refused (trials.json when there is one), no traceback, nothing run."""
+    """The command line, with a payload in each planted file: exit 2, one line naming the file
+    it refused (trials.json when there is one), no traceback, nothing run."""
     config = small_config(
         data={"records": ["100"], "max_beats_per_record": 200},
         training={"epochs": 1},
@@ -416,19 +417,12 @@ def test_tune_refuses_planted_files_without_running_them(
     for name, marker in markers.items():
         (config.run_dir / name).write_bytes(planted_trials(marker))
 
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--config", str(config_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    status, stderr = run_hypertune(["tune", "--config", str(config_path)], tmp_path, capsys)
 
     assert [marker.name for marker in markers.values() if marker.exists()] == []
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert status == 2, stderr
+    [line] = stderr.strip().splitlines()
     assert line.startswith(f"error: {config.run_dir / planted[-1]}: "), line
     assert "--fresh" in line
 

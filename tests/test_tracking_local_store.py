@@ -1,13 +1,11 @@
 """A local MLflow store (a SQLite file, a file store) that cannot be opened or written is
-refused from the real command line with one line naming ``tracking.mlflow_uri``, within
-seconds and before any work (MLflow's SQLAlchemy retries took about 100 s, then a 184-line
-traceback); and a SQLite store keeps a new experiment's artifacts under its run directory,
-not in ``./mlruns`` of the working folder."""
+refused by the command line (its ``main``, in this process) with one line naming
+``tracking.mlflow_uri``, within seconds and before any work (MLflow's SQLAlchemy retries took
+about 100 s, then a 184-line traceback); and a SQLite store keeps a new experiment's artifacts
+under its run directory, not in ``./mlruns`` of the working folder."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +16,11 @@ from mlflow import MlflowClient
 
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_hypertune
 from tests.search_helpers import SearchConfig, mlflow_runs, write_config
 
 REFUSED_WITHIN_SECONDS = 30
-"""Python, torch and MLflow load in a few seconds; MLflow's retries took about 100."""
+"""The refusal takes a second or two; MLflow's retries took about 100."""
 
 
 def not_a_database(tmp_path: Path, unwritable: Path) -> tuple[str, str]:
@@ -55,30 +53,25 @@ def test_a_local_store_that_cannot_be_used_is_refused_in_one_line_within_seconds
     search_config: SearchConfig,
     tmp_path: Path,
     unwritable_dir: Path,
+    capsys: pytest.CaptureFixture[str],
     store: Callable[[Path, Path], tuple[str, str]],
 ) -> None:
     uri, expected = store(tmp_path, unwritable_dir)
     config = search_config(max_evals=1, epochs=1, tracking={"mlflow_uri": uri})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--quiet", "--config"]
+    command = ["tune", "--quiet", "--config", str(write_config(config, tmp_path))]
     started = time.monotonic()
-    result = subprocess.run(
-        [*command, str(write_config(config, tmp_path))],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=REFUSED_WITHIN_SECONDS,
-    )
+    status, stderr = run_hypertune(command, elsewhere, capsys)
     assert time.monotonic() - started < REFUSED_WITHIN_SECONDS
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
+    assert status == 2, stderr
+    [line] = stderr.splitlines()
     assert line.startswith(f"error: tracking.mlflow_uri = {uri!r}: {expected}"), line
     assert not (config.run_dir / "trials.json").exists()
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_sqlite_store_keeps_the_artifacts_in_the_run_directory(
     search_config: Callable[..., Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

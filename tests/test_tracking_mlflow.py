@@ -100,6 +100,7 @@ def http_config(
     return make
 
 
+@pytest.mark.slow
 def test_a_search_is_tracked_through_a_remote_server(
     mlflow_server: str, http_config: Callable[[str], Config]
 ) -> None:
@@ -131,6 +132,7 @@ def test_an_unreachable_server_is_refused_quickly_before_any_work(
     assert not (config.run_dir / "trials.json").exists()
 
 
+@pytest.mark.slow
 def test_a_server_lost_mid_search_ends_it_within_a_minute_and_the_rerun_resumes(
     http_config: Callable[..., Config], tmp_path: Path
 ) -> None:

@@ -83,6 +83,7 @@ def without_timings(history: list[EpochRecord]) -> list[dict[str, Any]]:
     return [dataclasses.asdict(r) | {"seconds": None, "beats_per_second": None} for r in history]
 
 
+@pytest.mark.slow
 def test_small_cnn_beats_the_majority_baseline_and_repeats_exactly(
     make_config: MakeConfig, dataset: Dataset
 ) -> None:
