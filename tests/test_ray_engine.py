@@ -30,7 +30,7 @@ from ecgtune.cli import main
 from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config
 from ecgtune.search.loop import new_trials
-from ecgtune.search.ray_engine import NODE, NUMBER, RayDriver
+from ecgtune.search.ray import NODE, NUMBER, RayDriver
 from ecgtune.search.ray_store import RayTrialStore
 from ecgtune.search.space import build_search_space
 from ecgtune.search.store import TrialStore
@@ -413,7 +413,11 @@ def test_the_ray_engine_without_ray_installed_says_how_to_install_it(
         for name in [name for name in sys.modules if name == "ray" or name.startswith("ray.")]:
             patch.delitem(sys.modules, name)
         patch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-        patch.delitem(sys.modules, "ecgtune.search.ray_engine")
+        engine = "ecgtune.search.ray"  # the engine's modules: imported again, they fail
+        for name in [
+            name for name in sys.modules if name == engine or name.startswith(f"{engine}.")
+        ]:
+            patch.delitem(sys.modules, name)
         error = tune_error(ray_search(search_config)(2, 1), tmp_path, capsys)
     assert error.startswith("error: search.engine = 'ray' needs Ray Tune, which is not installed")
     assert error.endswith('pip install -e ".[ray]"')

@@ -342,7 +342,38 @@ def test_the_ray_engines_saved_search_gets_the_same_checks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``ray_trials.json`` is read by the same code: refused before Ray starts."""
-    config = search_config(tmp_path, mitdb_dir)
+    config, store = planted_ray_search(tmp_path, mitdb_dir, objective)
+
+    status, stderr = tune(config, tmp_path, capsys)
+
+    assert status == 2, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"error: {store.path}: {expected}"), line
+    assert line.endswith(FRESH), line
+
+
+def test_a_ray_search_saved_before_the_engine_was_a_package_is_refused(
+    tmp_path: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Version 1: Ray's experiment names ``ecgtune.search.ray_engine``, which
+    ``Tuner.restore`` could not unpickle (a traceback once Ray had started)."""
+    config, store = planted_ray_search(tmp_path, mitdb_dir, 0.5)
+    saved = json.loads(store.path.read_text())
+    store.path.write_text(json.dumps({**saved, "version": 1}))
+
+    status, stderr = tune(config, tmp_path, capsys)
+
+    assert status == 2, stderr
+    assert stderr == (
+        f"error: {store.path}: version = 1 is not 2, the format this ecgtune reads; {FRESH}\n"
+    )
+
+
+def planted_ray_search(
+    folder: Path, mitdb_dir: Path, objective: float
+) -> tuple[Config, RayTrialStore]:
+    """A Ray engine's config and its saved search of one finished trial, planted."""
+    config = search_config(folder, mitdb_dir)
     config = config.model_copy(
         update={"search": config.search.model_copy(update={"engine": "ray"})}
     )
@@ -356,10 +387,4 @@ def test_the_ray_engines_saved_search_gets_the_same_checks(
     store = RayTrialStore(config.run_dir)
     config.run_dir.mkdir(parents=True)
     store.save(record)
-
-    status, stderr = tune(config, tmp_path, capsys)
-
-    assert status == 2, stderr
-    [line] = stderr.splitlines()
-    assert line.startswith(f"error: {store.path}: {expected}"), line
-    assert line.endswith(FRESH), line
+    return config, store

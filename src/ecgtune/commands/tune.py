@@ -10,7 +10,7 @@ engine starts or joins Ray); build the dataset once (every trial trains on the s
 run the trials with the display, MLflow and TensorBoard as trial observers; evaluate the best
 trial once on the test split and write the outputs. ``search.engine`` picks who runs the
 trials: :class:`LocalSearch` (hyperopt's ``fmin`` here, one at a time) or
-:class:`~ecgtune.search.ray_engine.RaySearch` (Ray Tune, several at once, here or on a
+:class:`~ecgtune.search.ray.RaySearch` (Ray Tune, several at once, here or on a
 cluster); both report to the same observers and leave the same outputs. Whatever ends the
 search early (Ctrl-C, SIGTERM, a lost server, a failed write) closes the parent run as KILLED
 or FAILED, and every finished trial stays saved: the same command resumes.
@@ -227,7 +227,7 @@ def search_engine(config: Config, space: SearchSpace) -> SearchEngine:
     if config.search.engine == "local":
         return LocalSearch(config, space)
     try:
-        from ecgtune.search.ray_engine import RaySearch
+        from ecgtune.search.ray import RaySearch
     except ImportError as exc:
         raise ConfigError(
             f"search.engine = 'ray' needs Ray Tune, which is not installed here ({exc}); "

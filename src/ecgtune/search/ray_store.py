@@ -11,7 +11,7 @@ search over a Ray one without Ray installed.
 
 The file::
 
-    {"format": "ecgtune-ray-trials", "version": 1,
+    {"format": "ecgtune-ray-trials", "version": 2,
      "attachments": {"ecgtune": {"identity": {...}, "parent_run_id": "...", "search_id": "..."}},
      "trials": [{"row": {"number": 0, "status": "ok", ...}, "valid": {"macro_f1": 0.8, ...}}]}
 """
@@ -44,7 +44,10 @@ RAY_TRIALS_FILE = "ray_trials.json"
 RAY_DIR = "ray"
 """Ray's saved experiments when ``search.ray_storage`` is empty: ``<run_dir>/ray/<search id>``."""
 FORMAT = "ecgtune-ray-trials"
-VERSION = 1
+VERSION = 2
+"""2: Ray's saved experiment beside it names the engine's classes in ``ecgtune.search.ray``;
+Ray's experiments of version 1 name ``ecgtune.search.ray_engine``, which no longer exists,
+and cannot be restored (``Tuner.restore`` unpickles them): refused here, before any work."""
 
 
 @dataclass
