@@ -282,7 +282,12 @@ class DataConfig(Section):
         10, ge=1, le=1000, description="RR intervals in the (causal) local mean RR"
     )
     rr_local_seconds: float = Field(
-        60.0, gt=0, le=3600, description="the seconds and robust references: their window in s"
+        60.0,
+        ge=10,
+        le=3600,
+        description="the seconds and robust references: their window in s; at least 10, so "
+        "that it holds several intervals even at 30 beats a minute (a window shorter than one "
+        "interval holds only the previous one, and the ratios to it are always 1)",
     )
     rr_long_seconds: float = Field(
         300.0, gt=0, le=3600, description="the long reference: the robust one over this many s"
@@ -321,6 +326,16 @@ class DataConfig(Section):
     )
     cache_dir: Path = Field(Path("data/cache"), description="built datasets are cached here")
     resample: ResampleConfig = Field(default_factory=ResampleConfig)
+
+    @field_validator("raw_dir", mode="before")
+    @classmethod
+    def _local_folder(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            raise _value_error(
+                "a URL, not a folder: data.raw_dir is the local folder the records are read "
+                "from (and downloaded to); the URL they are downloaded from is data.base_url"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -984,6 +999,13 @@ class Config(Section):
             raise _rule_error(
                 f"search.folds = {self.search.folds} groups beats by record, which needs "
                 f"data.split = 'inter' (the intra split has every record on both sides)"
+            )
+        if self.training.patient_adversary and self.data.split != "inter":
+            raise _rule_error(
+                f"training.patient_adversary = {self.training.patient_adversary:g} trains "
+                f"against the training records' identity, which cannot help data.split = "
+                f"{self.data.split!r} (its test beats come from those same records); use "
+                f"data.split = 'inter' or set it to 0"
             )
         shift = self.training.augment.shift
         if shift >= self.data.beat_length:
