@@ -247,7 +247,9 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
         (
             {"pruning": "asha", "grace_epochs": 3},
             "search.grace_epochs = 3 must be below training.epochs = 3 when search.pruning = "
-            "'asha'",
+            "'asha': a trial ends at training.epochs anyway, so none could be pruned; set "
+            "search.grace_epochs to 2 or less, or training.epochs to 4 or more, or "
+            "search.pruning = 'none'",
         ),
         ({"pruning": "median"}, "search.pruning = 'median'"),
         ({"reduction_factor": 1}, "search.reduction_factor = 1"),
@@ -300,3 +302,23 @@ def test_a_grace_past_the_epochs_refuses_the_search_not_the_config() -> None:
     check_pruning(
         build_search_space(validate_config({"training": {"epochs": 5}, "search": search}))
     )
+
+
+@pytest.mark.parametrize(("grace", "epochs"), [(4, 3), (3, 3), (2, 1)])
+def test_the_grace_error_names_settings_that_pass(grace: int, epochs: int) -> None:
+    """The refusal says what to set, and each setting it names, applied alone, lets the
+    search through (with one epoch, no grace is small enough: it names the others)."""
+    search = {"pruning": "asha", "grace_epochs": grace}
+    raw = {"training": {"epochs": epochs}, "search": search}
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(build_search_space(validate_config(raw)))
+    fixes = {
+        f"search.grace_epochs to {epochs - 1} or less": {"search": {"grace_epochs": epochs - 1}},
+        f"training.epochs to {grace + 1} or more": {"training": {"epochs": grace + 1}},
+        "search.pruning = 'none'": {"search": {"pruning": "none"}},
+    }
+    named = [fix for fix in fixes if fix in str(caught.value)]
+    assert named == list(fixes)[epochs == 1 :], str(caught.value)
+    for fix in named:
+        changed = {section: {**raw[section], **fixes[fix].get(section, {})} for section in raw}
+        check_pruning(build_search_space(validate_config(changed)))

@@ -145,5 +145,14 @@ def check_pruning(space: SearchSpace) -> None:
         raise ConfigError(
             f"search.grace_epochs = {search.grace_epochs} must be below {which} = {epochs} "
             f"when search.pruning = {search.pruning!r}: a trial ends at training.epochs "
-            f"anyway, so none could be pruned"
+            f"anyway, so none could be pruned; {grace_fixes(search.grace_epochs, epochs, drawn)}"
         )
+
+
+def grace_fixes(grace: int, epochs: int, drawn: bool) -> str:
+    """The settings that would pass :func:`check_pruning`'s grace rule, in words."""
+    more = f"training.epochs to {grace + 1} or more" + (" (in search.space)" if drawn else "")
+    fixes = [more, "search.pruning = 'none'"]
+    if epochs > 1:  # grace_epochs is at least 1
+        fixes.insert(0, f"search.grace_epochs to {epochs - 1} or less")
+    return "set " + ", or ".join(fixes)
