@@ -215,9 +215,10 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
     assert rows[1]["note"].startswith("pruned at epoch 1 (ASHA rung 1): validation macro_f1")
     assert [len(result["curve"]) for result in results(config)] == [3, 1, 3, 1]
     note = re.escape(rows[1]["note"])
-    assert re.search(rf"trial 1 done: valid macro_f1 [\d.]+, 1 epochs, [\d:]+; {note}", printed)
+    assert re.search(rf"trial 1 done: valid macro_f1 [\d.]+, 1 epoch, [\d:]+; {note}", printed)
     table_row = next(line for line in printed.splitlines() if line.startswith("│ 1 │"))
-    assert table_row.split("│")[-2].strip() == "pruned at epoch 1"  # the rung: in the line above
+    cells = [cell.strip() for cell in table_row.split("│")[1:-1]]
+    assert (cells[-3], cells[-1]) == ("1", "pruned")  # its epochs; the rung: in the line above
 
     _, children = mlflow_runs(config)
     assert [run.data.tags.get(STATUS_TAG) for run in children] == ["ok", "pruned", "ok", "pruned"]

@@ -338,7 +338,7 @@ def test_a_log_file_gets_the_default_search_table_one_line_per_trial(
     console.print(top_trials_table(rows, "macro_f1", 5, list(values)))
     body = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [line.split("│")[1].strip() for line in body] == ["0", "1"]
-    assert body[1].split("│")[-2].strip() == "pruned at epoch 4"
+    assert body[1].split("│")[-2].strip() == "pruned"
 
 
 def test_the_confusion_figure_names_its_split_and_marks_absent_classes() -> None:
