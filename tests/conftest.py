@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,24 @@ TINY_CNN: dict[str, Any] = {
     "fc_sizes": [32],
 }
 """The tests' small, fast network: two stages, SE, one residual stage."""
+
+
+def run_hypertune(
+    *argv: str, cwd: Path = REPO_ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``hypertune.py argv`` in a fresh interpreter in ``cwd``, as a user runs it, with this
+    checkout's ``src`` first on the path and one torch thread; stdout and stderr captured."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "hypertune.py"), *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )
+
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from ecgtune.training import (
     predict,
     train_model,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_hypertune
 from tests.search_helpers import SearchConfig, mlflow_runs, results
 
 # --- the rule ----------------------------------------------------------------------------------
@@ -270,14 +268,7 @@ def test_a_bad_pruning_config_exits_2_with_one_line(
     }
     path = tmp_path / "config.toml"
     path.write_text(tomli_w.dumps(raw))
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--config", str(path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_hypertune("tune", "--config", str(path), cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and expected in line, line
