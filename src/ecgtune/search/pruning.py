@@ -168,10 +168,11 @@ def check_pruning(space: SearchSpace) -> None:
     epochs = min([space.base.training.epochs, *drawn])
     if search.grace_epochs >= epochs:
         which = "the fewest training.epochs the space draws" if drawn else "training.epochs"
+        fixes = grace_fixes(search.grace_epochs, epochs, bool(drawn))
         raise ConfigError(
             f"search.grace_epochs = {search.grace_epochs} must be below {which} = {epochs} "
             f"when search.pruning = {search.pruning!r}: a trial ends at training.epochs "
-            f"anyway, so none could be pruned; {grace_fixes(search.grace_epochs, epochs, bool(drawn))}"
+            f"anyway, so none could be pruned; {fixes}"
         )
 
 

@@ -271,6 +271,7 @@ class EpochReports(TrainingObserver):
             BEST: self.best.valid_metrics[objective],
             "best_epoch": self.best.epoch,
             "train_loss": record.train_loss,
+            "adversary_loss": record.adversary_loss,
             "lr": record.lr,
             "seconds": record.seconds,
             "beats_per_second": record.beats_per_second,
@@ -558,6 +559,7 @@ class RayDriver:
             lr=float(result["lr"]),
             seconds=float(result["seconds"]),
             beats_per_second=float(result["beats_per_second"]),
+            adversary_loss=result.get("adversary_loss"),
         )
         n_train = int(result["n_train"])
         if not state.history:
