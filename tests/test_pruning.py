@@ -300,11 +300,11 @@ def test_a_grace_past_the_epochs_refuses_the_search_not_the_config() -> None:
 def test_the_grace_error_names_settings_that_pass(grace: int, epochs: int) -> None:
     """The refusal says what to set, and each setting it names, applied alone, lets the
     search through (with one epoch, no grace is small enough: it names the others)."""
-    search = {"pruning": "asha", "grace_epochs": grace}
-    raw = {"training": {"epochs": epochs}, "search": search}
+    search: dict[str, Any] = {"pruning": "asha", "grace_epochs": grace}
+    raw: dict[str, dict[str, Any]] = {"training": {"epochs": epochs}, "search": search}
     with pytest.raises(ConfigError) as caught:
         check_pruning(build_search_space(validate_config(raw)))
-    fixes = {
+    fixes: dict[str, dict[str, dict[str, Any]]] = {
         f"search.grace_epochs to {epochs - 1} or less": {"search": {"grace_epochs": epochs - 1}},
         f"training.epochs to {grace + 1} or more": {"training": {"epochs": grace + 1}},
         "search.pruning = 'none'": {"search": {"pruning": "none"}},
