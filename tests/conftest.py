@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import subprocess
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +94,30 @@ HIDDEN_BY_THE_INTERPRETER = (
 every other warning it prints to stderr."""
 
 
-def run_hypertune(
-    args: Sequence[str], folder: Path, capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    """``hypertune.py ARGS`` run in ``folder`` through the command line's own ``main`` in this
-    process (the code ``hypertune.py`` calls): its exit status and its stderr, with the
-    warnings a fresh interpreter would have printed there (pytest would otherwise collect them).
+def run_hypertune(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``hypertune.py ARGV`` run in ``cwd`` through the command line's own ``main`` in this
+    process (the code ``hypertune.py`` calls): its exit status, stdout and stderr, with the
+    warnings a fresh interpreter would have printed to stderr (pytest would collect them).
 
     A fresh interpreter spends about 5 s importing torch and MLflow; tests keep one for what
     only a real process shows (signals, locks, a lost server, two processes)."""
-    capsys.readouterr()
-    with contextlib.chdir(folder), warnings.catch_warnings(record=True) as caught:
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.resetwarnings()
         for category in HIDDEN_BY_THE_INTERPRETER:
             warnings.simplefilter("ignore", category)
-        status = main(list(args))
-    printed = [
+        status = main(list(argv))
+    printed = "".join(
         warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught
-    ]
-    return status, "".join(printed) + capsys.readouterr().err
+    )
+    return subprocess.CompletedProcess(
+        ["hypertune.py", *argv], status, out.getvalue(), printed + err.getvalue()
+    )
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

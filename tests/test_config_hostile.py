@@ -22,7 +22,7 @@ from ecgtune.config import (
 from ecgtune.dotted import flatten, get_dotted, set_dotted
 from ecgtune.errors import ConfigError
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, run_hypertune
 
 UNREACHABLE = "http://127.0.0.1:9/"
 """Nothing listens on port 9: a config that got as far as downloading would fail differently."""
@@ -308,6 +308,46 @@ def test_base_url_must_be_http(tmp_path: Path) -> None:
     assert "must be an http" in refused({"data": {"base_url": "https://"}})
     mirror = "http://127.0.0.1:8000/mitdb"
     assert validate_config({"data": {"base_url": mirror}}).data.base_url == mirror
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tune", "--set", 'data.raw_dir="https://physionet.org/files/mitdb/1.0.0/"'],
+        ["train", "--set", 'data.raw_dir="s3://bucket/mitdb"'],
+        ["data", "--set", 'data.raw_dir="https://physionet.org/files/mitdb/1.0.0/"'],
+    ],
+    ids=["tune https", "train s3", "data https"],
+)
+def test_a_url_as_raw_dir_is_refused_naming_the_url_key_and_creating_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``data.raw_dir`` is a local folder: a URL there would become ``./https:/...`` (and the
+    run's mlflow.db, runs/ and logs/ beside it) before failing on the download; it is refused
+    at validation, naming the key that takes the download URL, in a folder left as it was."""
+    path = write_config(tmp_path, "[training]\nepochs = 3\n")
+    result = run_hypertune(*args[:1], "--config", str(path), *args[1:], cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    value = args[-1].split("=", 1)[1].strip('"')
+    assert result.stderr == (
+        f"error: {path} with --set data.raw_dir: data.raw_dir = {value!r}: a URL, not a folder: "
+        f"data.raw_dir is the local folder the records are read from (and downloaded to); the "
+        f"URL they are downloaded from is data.base_url\n"
+    )
+    assert [entry.name for entry in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_a_local_window_too_short_to_hold_an_interval_is_refused(tmp_path: Path) -> None:
+    """``data.rr_local_seconds = 1e-6`` would make the seconds reference the previous interval
+    itself, its ratios always 1: refused below 10 s from the real command line; 10 s, which
+    holds five intervals at 30 beats a minute, is accepted."""
+    path = write_config(tmp_path, safe_data(tmp_path))
+    message = run_data_command(path, "--set", "data.rr_local_seconds=1e-6")
+    assert message.endswith(
+        "with --set data.rr_local_seconds: data.rr_local_seconds = 1e-06: Input should be "
+        "greater than or equal to 10"
+    )
+    assert validate_config({"data": {"rr_local_seconds": 10}}).data.rr_local_seconds == 10
 
 
 def test_mlflow_uri_scheme_must_be_one_mlflow_supports(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from ecgtune.cli import main
 from ecgtune.config import Config
 from ecgtune.data import Dataset, load_dataset
 
+from .conftest import run_hypertune
+
 
 def write_config(tmp_path: Path, config: Config, **data: Any) -> Path:
     """``config`` as a TOML file, with ``data`` keys replaced as given (unchecked, so a test
@@ -112,3 +114,18 @@ def test_an_unwritable_raw_dir_exits_2_with_one_line(
     assert errors == [captured.err.splitlines()[-1]]
     assert errors[0].startswith(f"error: cannot write to data.raw_dir = {unwritable_dir}: ")
     assert "Traceback" not in captured.err
+
+
+def test_records_that_cannot_be_fetched_leave_their_one_line_alone(
+    tmp_path: Path, small_config: Callable[..., Config]
+) -> None:
+    """``hypertune.py data`` whose record is missing and cannot be downloaded: its one-line
+    error is all of stderr, no progress bar's last state above it."""
+    unreachable = "http://127.0.0.1:9/"
+    config = small_config(
+        data={"raw_dir": str(tmp_path / "raw"), "base_url": unreachable, "records": ["100"]}
+    )
+    done = run_hypertune("data", "--config", str(write_config(tmp_path, config)), cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: ") and unreachable in line, line

@@ -76,6 +76,11 @@ def broken_link(page: Path, target: str) -> str | None:
         return f"{target}: outside the repository"
     if not resolved.exists():
         return f"{target}: no such file"
+    if anchor and resolved.suffix != ".md":
+        return (
+            f"{target}: a #{anchor} fragment on a {resolved.suffix} file goes nowhere in a "
+            f"browser; link the file (or a docs heading that quotes the figure)"
+        )
     anchors = heading_anchors(resolved.read_text(encoding="utf-8")) if anchor else set()
     if anchor and resolved.suffix == ".md" and anchor not in anchors:
         return f"{target}: no heading #{anchor} in {page_id(resolved)}"
@@ -103,6 +108,8 @@ def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
     assert broken_link(page, "search.md#gpus") is None
     assert broken_link(page, "serach.md") == "serach.md: no such file"
     assert "no heading #gpu" in str(broken_link(page, "search.md#gpu"))
+    json_part = "../benchmarks/results/inter_patient.json#baseline"
+    assert "#baseline fragment on a .json file goes nowhere" in str(broken_link(page, json_part))
 
 
 # The commands. A usage line from the commands table (``[--max-evals N]``, ``RECORD ...``)
@@ -284,8 +291,10 @@ FIELDS.update(
         for line in results(ABLATION)["lines"]
     }
 )
-"""A row linking ``FILE.json#part`` shows that part of the file (the in-run baseline, one
-line of the ablation)."""
+"""A row whose link reads ``[JSON: part](.../FILE.json)`` shows that part of the file (the
+in-run baseline, one line of the ablation): its key here is ``FILE.json#part``."""
+JSON_LINK = r"\[JSON(?:: (\w+))?\]\([^)\s]*benchmarks/results/([\w.]+\.json)\)"
+"""A row's link to its results JSON: the part it shows (if one) and the file."""
 PUBLISHED_FIELDS = {"S Se": "se_S", "S +P": "ppv_S", "V Se": "se_V", "V +P": "ppv_V"}
 
 
@@ -345,7 +354,9 @@ def figure_mismatches(text: str) -> tuple[list[str], set[str], set[str]]:
     for header, rows in figure_tables(text):
         for row in rows:
             label = row[0]
-            linked = re.findall(r"benchmarks/results/([\w.]+\.json(?:#\w+)?)", label)
+            linked = [
+                file + (f"#{part}" if part else "") for part, file in re.findall(JSON_LINK, label)
+            ]
             name = next((key for key in published if key in ascii_name(label)), None)
             if linked:
                 files.add(linked[0])
@@ -384,6 +395,20 @@ def test_a_changed_figure_is_found() -> None:
     assert [line for line in after if line not in before] == [
         next(line for line in after if "macro-F1: **0.999**" in line)
     ]
+
+
+def test_a_row_is_checked_against_the_part_its_link_names() -> None:
+    """The baseline row against the JSON's baseline, an ablation row against its own line: a
+    changed figure, or a link naming another part, is found."""
+    text = README.read_text(encoding="utf-8")
+    baseline = results("inter_patient.json")["baseline"]["ds2"]["aami"]["se_S"]
+    cell = f"| {baseline:.3f} |"
+    row = next(line for line in text.splitlines() if "[JSON: baseline]" in line)
+    assert cell in row
+    changed, _, _ = figure_mismatches(text.replace(row, row.replace(cell, "| 0.999 |")))
+    assert [line.split(" | ")[1] for line in changed] == [f"S Se: 0.999 (JSON: {baseline})"]
+    swapped, _, _ = figure_mismatches(text.replace("[JSON: shipped]", "[JSON: rr_head_concat]"))
+    assert swapped and all("rr_head_concat" in line for line in swapped)
 
 
 # docs/config.md: the "Every key" section holds one row per key of the schema, with its

@@ -36,7 +36,7 @@ from ecgtune.models import build_model
 from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.training import beats_to_tensors, train_model
 
-from .conftest import QUICK_RECORDS, REPO_ROOT, TINY_CNN, find_mitdb_dir
+from .conftest import QUICK_RECORDS, REPO_ROOT, TINY_CNN, find_mitdb_dir, run_hypertune
 
 pytestmark = pytest.mark.filterwarnings(
     # wfdb.wrsamp's header writer uses a pandas keyword that pandas deprecates; not ours to fix.
@@ -320,3 +320,30 @@ def test_a_folder_that_is_not_a_database_fails_in_a_real_process(
         f"error: --database {tmp_path}: not a WFDB database (no RECORDS file and no .hea "
         f"headers)\n"
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "--config", "{repo}/config.toml"],
+        ["evaluate", "--database", "{mitdb}"],
+        ["predict", "{mitdb}/100"],
+        ["export"],
+    ],
+    ids=["evaluate", "evaluate --database", "predict", "export"],
+)
+def test_a_run_dir_that_does_not_exist_is_named_as_a_missing_folder(
+    args: list[str], tmp_path: Path
+) -> None:
+    """Every command that reads a run's model, from the real command line: the folder is
+    missing (not "checkpoint not found"), one line, exit 2, nothing created."""
+    missing = tmp_path / "runs" / "nowhere"
+    mitdb = str(find_mitdb_dir())
+    command, *rest = (arg.format(mitdb=mitdb, repo=REPO_ROOT) for arg in args)
+    result = run_hypertune(command, str(missing), *rest, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"error: RUN_DIR {missing}: no such folder (a run folder holds best_model.pt; train "
+        f"and tune write theirs under tracking.output_dir)\n"
+    )
+    assert list(tmp_path.iterdir()) == []

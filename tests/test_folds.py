@@ -156,9 +156,7 @@ def test_a_search_with_folds_reports_the_fold_score(
     assert f'"best_valid_objective": {best}' in report
 
 
-def test_folds_need_the_inter_split(
-    tmp_path: Path, small_config: Callable[..., Config], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_folds_need_the_inter_split(tmp_path: Path, small_config: Callable[..., Config]) -> None:
     raw = small_config().model_dump(mode="json", exclude_none=True)
     path = tmp_path / "folds.toml"
     inter = {**raw["data"], "split": "inter", "records": RECORDS}
@@ -174,7 +172,7 @@ def test_folds_need_the_inter_split(
     for data, search, message in cases:
         raw["data"], raw["search"] = data, {**raw["search"], **search}
         path.write_text(tomli_w.dumps(raw))
-        status, stderr = run_hypertune(["tune", "--config", str(path)], tmp_path, capsys)
-        assert status == 2, stderr
-        assert message in stderr
-        assert "Traceback" not in stderr
+        done = run_hypertune("tune", "--config", str(path), cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr

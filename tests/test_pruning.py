@@ -214,9 +214,10 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
     assert rows[1]["note"].startswith("pruned at epoch 1 (ASHA rung 1): validation macro_f1")
     assert [len(result["curve"]) for result in results(config)] == [3, 1, 3, 1]
     note = re.escape(rows[1]["note"])
-    assert re.search(rf"trial 1 done: valid macro_f1 [\d.]+, 1 epochs, [\d:]+; {note}", printed)
+    assert re.search(rf"trial 1 done: valid macro_f1 [\d.]+, 1 epoch, [\d:]+; {note}", printed)
     table_row = next(line for line in printed.splitlines() if line.startswith("│ 1 │"))
-    assert table_row.split("│")[-2].strip() == "pruned at epoch 1"  # the rung: in the line above
+    cells = [cell.strip() for cell in table_row.split("│")[1:-1]]
+    assert (cells[-3], cells[-1]) == ("1", "pruned")  # its epochs; the rung: in the line above
 
     _, children = mlflow_runs(config)
     assert [run.data.tags.get(STATUS_TAG) for run in children] == ["ok", "pruned", "ok", "pruned"]
@@ -246,7 +247,9 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
         (
             {"pruning": "asha", "grace_epochs": 3},
             "search.grace_epochs = 3 must be below training.epochs = 3 when search.pruning = "
-            "'asha'",
+            "'asha': a trial ends at training.epochs anyway, so none could be pruned; set "
+            "search.grace_epochs to 2 or less, or training.epochs to 4 or more, or "
+            "search.pruning = 'none'",
         ),
         ({"pruning": "median"}, "search.pruning = 'median'"),
         ({"reduction_factor": 1}, "search.reduction_factor = 1"),
@@ -254,7 +257,7 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
     ],
 )
 def test_a_bad_pruning_config_exits_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], search: dict[str, Any], expected: str
+    tmp_path: Path, search: dict[str, Any], expected: str
 ) -> None:
     """``hypertune.py tune`` in a folder of its own, with records that could come from nowhere
     (were the config let through)."""
@@ -266,9 +269,9 @@ def test_a_bad_pruning_config_exits_2_with_one_line(
     }
     path = tmp_path / "config.toml"
     path.write_text(tomli_w.dumps(raw))
-    status, stderr = run_hypertune(["tune", "--config", str(path)], tmp_path, capsys)
-    assert status == 2, stderr
-    [line] = stderr.strip().splitlines()
+    done = run_hypertune("tune", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and expected in line, line
 
 
@@ -292,3 +295,23 @@ def test_a_grace_past_the_epochs_refuses_the_search_not_the_config() -> None:
     check_pruning(
         build_search_space(validate_config({"training": {"epochs": 5}, "search": search}))
     )
+
+
+@pytest.mark.parametrize(("grace", "epochs"), [(4, 3), (3, 3), (2, 1)])
+def test_the_grace_error_names_settings_that_pass(grace: int, epochs: int) -> None:
+    """The refusal says what to set, and each setting it names, applied alone, lets the
+    search through (with one epoch, no grace is small enough: it names the others)."""
+    search: dict[str, Any] = {"pruning": "asha", "grace_epochs": grace}
+    raw: dict[str, dict[str, Any]] = {"training": {"epochs": epochs}, "search": search}
+    with pytest.raises(ConfigError) as caught:
+        check_pruning(build_search_space(validate_config(raw)))
+    fixes: dict[str, dict[str, dict[str, Any]]] = {
+        f"search.grace_epochs to {epochs - 1} or less": {"search": {"grace_epochs": epochs - 1}},
+        f"training.epochs to {grace + 1} or more": {"training": {"epochs": grace + 1}},
+        "search.pruning = 'none'": {"search": {"pruning": "none"}},
+    }
+    named = [fix for fix in fixes if fix in str(caught.value)]
+    assert named == list(fixes)[epochs == 1 :], str(caught.value)
+    for fix in named:
+        changed = {section: {**raw[section], **fixes[fix].get(section, {})} for section in raw}
+        check_pruning(build_search_space(validate_config(changed)))

@@ -21,10 +21,10 @@ import wfdb
 
 from ecgtune.cli import main
 from ecgtune.config import validate_config
-from ecgtune.data.beats import RR_COLUMNS, segment_record
+from ecgtune.data.beats import LONE, RR_COLUMNS, segment_record
 from ecgtune.data.records import Annotations, read_annotations, read_named_leads
 
-from .conftest import find_mitdb_dir
+from .conftest import find_mitdb_dir, run_hypertune
 from .test_evaluate_database import reference_beats, train_tiny_run
 
 pytestmark = pytest.mark.filterwarnings(
@@ -143,8 +143,8 @@ def test_strict_refuses_a_record_with_skipped_beats_in_one_line(
     assert main(["evaluate", str(run), "--database", str(odd_db), "--strict"]) == 2
     captured = capsys.readouterr()
     assert captured.err == (
-        f"error: record {odd_db / END}: annotations skipped at the record's edges or unknown: "
-        f"1 outside the signal (--strict; without it they are skipped and counted)\n"
+        f"error: record {odd_db / END}: annotations skipped: 1 outside the signal (--strict; "
+        f"without it they are skipped and counted)\n"
     )
     assert sorted(path.name for path in run.iterdir()) == ["best_model.pt"]
     args = ["predict", str(run), str(odd_db / START), "--annotator", "atr", "--out", str(tmp_path)]
@@ -195,6 +195,45 @@ def test_a_database_with_no_beat_left_to_evaluate_is_refused(
         f"edge)\n"
     )
     assert not list(tmp_path.glob("100.ecgtune"))
+
+
+def test_a_one_beat_record_is_skipped_and_counted_like_the_other_odd_records(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Record 100's signal with one beat annotation, beside an intact record 119: the lone
+    beat (no RR interval to measure) is skipped and counted and 119 evaluated; ``--strict``
+    refuses it in one line from the real command line, writing nothing."""
+    database = tmp_path / "lonedb"
+    database.mkdir()
+    mitdb = find_mitdb_dir()
+    for name, suffixes in (("100", (".hea", ".dat")), ("119", (".hea", ".dat", ".atr"))):
+        for suffix in suffixes:
+            shutil.copy(mitdb / f"{name}{suffix}", database)
+    wfdb.wrann("100", "atr", np.array([5000]), symbol=["N"], write_dir=str(database))
+    (database / "RECORDS").write_text("100\n119\n", encoding="utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run_dir / "best_model.pt", run)
+    strict = run_hypertune(
+        "evaluate", str(run), "--database", str(database), "--strict", cwd=tmp_path
+    )
+    assert (strict.returncode, strict.stdout) == (2, "")
+    assert strict.stderr == (
+        f"error: record {database / '100'}: annotations skipped: 1 lone beat (no RR interval) "
+        f"(--strict; without it they are skipped and counted)\n"
+    )
+    assert sorted(path.name for path in run.iterdir()) == ["best_model.pt"]
+    assert main(["evaluate", str(run), "--database", str(database)]) == 0
+    assert (
+        "Skipped annotations: 1 lone beat (no RR interval) (records 100; --strict refuses them)"
+        in capsys.readouterr().out
+    )
+    report = evaluation(run, "lonedb")
+    rows = {row["record"]: row for row in report["records"]}
+    assert rows["100"]["beats"] == 0 and rows["100"]["skipped"] == {LONE: 1}
+    _, truth = reference_beats(mitdb, "119")
+    assert rows["119"]["beats"] == report["metrics"]["n_beats"] == truth.size
+    assert report["skipped"] == {LONE: 1}
 
 
 def test_segment_record_counts_each_reason_and_keeps_every_other_beat() -> None:

@@ -114,19 +114,18 @@ def resume_command(config: Config, folder: Path, *extra: str) -> list[str]:
     return ["tune", "--quiet", "--config", str(path), "--max-evals", "3", *extra]
 
 
-def tune(
-    config: Config, folder: Path, capsys: pytest.CaptureFixture[str], *extra: str
-) -> tuple[int, str]:
+def tune(config: Config, folder: Path, *extra: str) -> tuple[int, str]:
     """The resume through the command line's own ``main`` in this process: its exit status
     and stderr."""
-    return run_hypertune(resume_command(config, folder, *extra), folder, capsys)
+    done = run_hypertune(*resume_command(config, folder, *extra), cwd=folder)
+    return done.returncode, done.stderr
 
 
-def refusal(config: Config, folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def refusal(config: Config, folder: Path) -> str:
     """The one line of a refused resume: exit 2, no traceback, the file named, --fresh
     suggested, and no trial trained (the planted file is as it was written)."""
     planted = trials_path(config).read_bytes()
-    status, stderr = tune(config, folder, capsys)
+    status, stderr = tune(config, folder)
     assert status == 2, stderr
     [line] = stderr.splitlines()
     assert line.startswith(f"error: {trials_path(config)}: "), line
@@ -221,7 +220,6 @@ def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
     mitdb_dir: Path,
     plant: Callable[[Saved], None],
     expected: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     saved = read_saved(config)
@@ -229,20 +227,20 @@ def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
     plant(saved)
     write_saved(config, saved)
 
-    line = refusal(config, search_copy, capsys)
+    line = refusal(config, search_copy)
 
     assert f": trials[{index}].{expected}" in line, line
 
 
 def test_a_saved_search_without_its_best_checkpoint_is_refused_before_any_trial(
-    search_copy: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
+    search_copy: Path, mitdb_dir: Path
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     tid = best_doc(read_saved(config))["tid"]
     checkpoint = config.run_dir / "checkpoints" / f"trial-{tid:03d}.pt"
     checkpoint.unlink()
 
-    line = refusal(config, search_copy, capsys)
+    line = refusal(config, search_copy)
 
     assert f"the best trial ({tid}) has no usable model: checkpoint not found: {checkpoint}" in line
 
@@ -261,21 +259,20 @@ def test_a_parent_run_id_of_the_wrong_form_or_unknown_is_refused(
     mitdb_dir: Path,
     parent_run_id: str,
     expected: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     saved = read_saved(config)
     saved["attachments"][METADATA]["parent_run_id"] = parent_run_id
     write_saved(config, saved)
 
-    line = refusal(config, search_copy, capsys)
+    line = refusal(config, search_copy)
 
     assert expected in line, line
     assert "cannot use the MLflow tracking store" not in line
 
 
 def test_a_saved_search_copied_from_another_experiment_is_refused(
-    search_copy: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
+    search_copy: Path, mitdb_dir: Path
 ) -> None:
     """Same space and base config, another experiment in the same MLflow store: resuming
     would link the new trials to the other experiment's parent run."""
@@ -284,7 +281,7 @@ def test_a_saved_search_copied_from_another_experiment_is_refused(
     shutil.copytree(source.run_dir, config.run_dir)
     parent = read_saved(config)["attachments"][METADATA]["parent_run_id"]
 
-    line = refusal(config, search_copy, capsys)
+    line = refusal(config, search_copy)
 
     assert (
         f"parent_run_id = '{parent}' is a run of the MLflow experiment '{EXPERIMENT}', not of "
@@ -339,12 +336,11 @@ def test_the_ray_engines_saved_search_gets_the_same_checks(
     mitdb_dir: Path,
     objective: float,
     expected: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``ray_trials.json`` is read by the same code: refused before Ray starts."""
     config, store = planted_ray_search(tmp_path, mitdb_dir, objective)
 
-    status, stderr = tune(config, tmp_path, capsys)
+    status, stderr = tune(config, tmp_path)
 
     assert status == 2, stderr
     [line] = stderr.splitlines()
@@ -353,7 +349,7 @@ def test_the_ray_engines_saved_search_gets_the_same_checks(
 
 
 def test_a_ray_search_saved_before_the_engine_was_a_package_is_refused(
-    tmp_path: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, mitdb_dir: Path
 ) -> None:
     """Version 1: Ray's experiment names ``ecgtune.search.ray_engine``, which
     ``Tuner.restore`` could not unpickle (a traceback once Ray had started)."""
@@ -361,7 +357,7 @@ def test_a_ray_search_saved_before_the_engine_was_a_package_is_refused(
     saved = json.loads(store.path.read_text())
     store.path.write_text(json.dumps({**saved, "version": 1}))
 
-    status, stderr = tune(config, tmp_path, capsys)
+    status, stderr = tune(config, tmp_path)
 
     assert status == 2, stderr
     assert stderr == (

@@ -361,7 +361,7 @@ def test_a_log_file_gets_the_default_search_table_one_line_per_trial(
     console.print(top_trials_table(rows, "macro_f1", 5, list(values)))
     body = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert [line.split("│")[1].strip() for line in body] == ["0", "1"]
-    assert body[1].split("│")[-2].strip() == "pruned at epoch 4"
+    assert body[1].split("│")[-2].strip() == "pruned"
 
 
 def test_the_confusion_figure_names_its_split_and_marks_absent_classes() -> None:
@@ -428,10 +428,7 @@ def bare_pickle(path: Path, marker: Path) -> None:
     ],
 )
 def test_a_planted_checkpoint_is_refused_saying_what_and_why_and_only_that(
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    plant: Callable[[Path, Path], None],
-    expected: str,
+    tmp_path: Path, plant: Callable[[Path, Path], None], expected: str
 ) -> None:
     """The command line: stderr is our one line, no torch warning before it, and the payload
     never runs."""
@@ -439,10 +436,9 @@ def test_a_planted_checkpoint_is_refused_saying_what_and_why_and_only_that(
     plant(tmp_path / "best_model.pt", marker)
     config = tmp_path / "here.toml"
     config.write_text('[data]\nraw_dir = "unused"\n')
-    command = ["evaluate", str(tmp_path), "--config", str(config)]
-    status, stderr = run_hypertune(command, tmp_path, capsys)
-    assert status == 2, stderr
-    [line] = stderr.splitlines()
+    result = run_hypertune("evaluate", str(tmp_path), "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
     assert line.startswith(f"error: {tmp_path / 'best_model.pt'}: {expected}"), line
     assert not marker.exists()
 

@@ -397,10 +397,7 @@ def test_a_damaged_file_is_refused_with_the_field_named(
 
 @pytest.mark.parametrize("planted", [["trials.pkl"], ["trials.pkl", "trials.json"]])
 def test_tune_refuses_planted_files_without_running_them(
-    tmp_path: Path,
-    small_config: Callable[..., Config],
-    capsys: pytest.CaptureFixture[str],
-    planted: list[str],
+    tmp_path: Path, small_config: Callable[..., Config], planted: list[str]
 ) -> None:
     """The command line, with a payload in each planted file: exit 2, one line naming the file
     it refused (trials.json when there is one), no traceback, nothing run."""
@@ -417,12 +414,12 @@ def test_tune_refuses_planted_files_without_running_them(
     for name, marker in markers.items():
         (config.run_dir / name).write_bytes(planted_trials(marker))
 
-    status, stderr = run_hypertune(["tune", "--config", str(config_path)], tmp_path, capsys)
+    result = run_hypertune("tune", "--config", str(config_path), cwd=tmp_path)
 
     assert [marker.name for marker in markers.values() if marker.exists()] == []
-    assert "Traceback" not in stderr, stderr
-    assert status == 2, stderr
-    [line] = stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {config.run_dir / planted[-1]}: "), line
     assert "--fresh" in line
 

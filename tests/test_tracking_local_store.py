@@ -53,7 +53,6 @@ def test_a_local_store_that_cannot_be_used_is_refused_in_one_line_within_seconds
     search_config: SearchConfig,
     tmp_path: Path,
     unwritable_dir: Path,
-    capsys: pytest.CaptureFixture[str],
     store: Callable[[Path, Path], tuple[str, str]],
 ) -> None:
     uri, expected = store(tmp_path, unwritable_dir)
@@ -62,10 +61,10 @@ def test_a_local_store_that_cannot_be_used_is_refused_in_one_line_within_seconds
     elsewhere.mkdir()
     command = ["tune", "--quiet", "--config", str(write_config(config, tmp_path))]
     started = time.monotonic()
-    status, stderr = run_hypertune(command, elsewhere, capsys)
+    result = run_hypertune(*command, cwd=elsewhere)
     assert time.monotonic() - started < REFUSED_WITHIN_SECONDS
-    assert status == 2, stderr
-    [line] = stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
     assert line.startswith(f"error: tracking.mlflow_uri = {uri!r}: {expected}"), line
     assert not (config.run_dir / "trials.json").exists()
     assert list(elsewhere.iterdir()) == []

@@ -53,7 +53,8 @@ WANDER_HZ = (0.05, 0.5)
 
 @dataclass
 class EpochRecord:
-    """One epoch: train loss (mean over its batches), whole-validation-split figures.
+    """One epoch: train loss (the classification loss, mean over its batches),
+    whole-validation-split figures.
 
     ``valid_metrics`` is flat: ``loss``, ``macro_f1``, ``accuracy``, ``balanced_accuracy``,
     ``f1_N``, ... (see :meth:`ClassificationMetrics.as_flat_dict`). ``lr`` is the learning rate
@@ -68,6 +69,9 @@ class EpochRecord:
     lr: float
     seconds: float
     beats_per_second: float
+    adversary_loss: float | None = None
+    """``training.patient_adversary``'s record cross-entropy (mean over the epoch's beats),
+    apart from ``train_loss``, which is the classification loss alone; None without it."""
 
 
 @dataclass
@@ -181,7 +185,7 @@ def train_model(
         epoch_started = time.perf_counter()
         lr = float(run.optimizer.param_groups[0]["lr"])
         observer.on_epoch_start(epoch, run.n_batches)
-        train_loss = train_one_epoch(run, epoch, observer)
+        train_loss, adversary_loss = train_one_epoch(run, epoch, observer)
         train_seconds = time.perf_counter() - epoch_started
         valid_loss, valid_metrics = validate(run, dataset.valid, epoch)
         record = EpochRecord(
@@ -192,6 +196,7 @@ def train_model(
             lr=lr,
             seconds=time.perf_counter() - epoch_started,
             beats_per_second=run.n_train / train_seconds,
+            adversary_loss=adversary_loss,
         )
         history.append(record)
         patience_over = stopper.update(record, run.model)
@@ -302,8 +307,12 @@ def prepare_run(config: Config, dataset: Dataset) -> TrainingRun:
     )
 
 
-def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) -> float:
-    """One pass over a seeded permutation of the train split; returns the mean train loss.
+def train_one_epoch(
+    run: TrainingRun, epoch: int, observer: TrainingObserver
+) -> tuple[float, float | None]:
+    """One pass over a seeded permutation of the train split; returns the mean classification
+    loss and the patient adversary's mean loss (None without it). The optimiser steps on their
+    sum; the observer hears the classification loss.
 
     The batches are views of the permuted tensors; ``training.augment``, when on, transforms
     each into a new tensor (the train split itself is never changed, and validation, test and
@@ -318,14 +327,16 @@ def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) ->
     batches = zip(*(tensor.tensor_split(run.n_batches) for tensor in permuted), strict=True)
     sizes = torch.tensor(run.batch_sizes, dtype=torch.float32, device=run.device)
     batch_losses = torch.zeros(run.n_batches, device=run.device)
+    adversary_losses = torch.zeros(run.n_batches, device=run.device)
     reported = 0
     for step, (signals, rr, labels, records) in enumerate(batches):
         if run.augment is not None:
             signals = run.augment(signals)
         with run.autocast:
-            loss = batch_loss(run, signals, rr, labels, records)
+            loss, adversary_loss = batch_losses_of(run, signals, rr, labels, records)
         optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(scaler.scale(loss))
+        total = loss if adversary_loss is None else loss + adversary_loss
+        torch.autograd.backward(scaler.scale(total))
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -334,6 +345,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) ->
         if run.scheduler is not None and cfg.scheduler in PER_BATCH_SCHEDULERS:
             run.scheduler.step()
         batch_losses[step] = loss.detach()
+        if adversary_loss is not None:
+            adversary_losses[step] = adversary_loss.detach()
         if step + 1 - reported == REPORT_EVERY or step + 1 == run.n_batches:
             done = slice(reported, step + 1)
             beats = sum(run.batch_sizes[done])
@@ -342,20 +355,24 @@ def train_one_epoch(run: TrainingRun, epoch: int, observer: TrainingObserver) ->
                 raise diverged(epoch, batch_losses, done, run.n_batches)
             observer.on_batch_end(beats, mean_loss)
             reported = step + 1
-    return float((batch_losses * sizes).sum()) / run.n_train
+    train_loss = float((batch_losses * sizes).sum()) / run.n_train
+    if run.adversary is None:
+        return train_loss, None
+    return train_loss, float((adversary_losses * sizes).sum()) / run.n_train
 
 
-def batch_loss(
+def batch_losses_of(
     run: TrainingRun, signals: Tensor, rr: Tensor, labels: Tensor, records: Tensor
-) -> Tensor:
-    """The classification loss, plus the patient adversary's record cross-entropy when on
-    (its gradient reaches the encoder reversed: :mod:`ecgtune.models.adversary`)."""
+) -> tuple[Tensor, Tensor | None]:
+    """The classification loss, and the patient adversary's record cross-entropy when on (its
+    gradient reaches the encoder reversed: :mod:`ecgtune.models.adversary`): kept apart, so
+    that the train loss reported is the classification loss alone."""
     if run.adversary is None:
         plain: Tensor = run.criterion(run.model(signals, rr), labels)
-        return plain
+        return plain, None
     features, logits = run.model.features_and_logits(signals, rr)
     loss: Tensor = run.criterion(logits, labels)
-    return loss + F.cross_entropy(run.adversary(features), records)
+    return loss, F.cross_entropy(run.adversary(features), records)
 
 
 def validate(run: TrainingRun, valid: BeatSet, epoch: int) -> tuple[float, dict[str, float]]:
@@ -558,6 +575,12 @@ def make_adversary(
     cfg = config.training
     if cfg.patient_adversary == 0:
         return None
+    if n_records < 2:
+        raise ConfigError(
+            f"training.patient_adversary = {cfg.patient_adversary:g} trains against telling "
+            f"the training records apart, and the train split holds {n_records} record: "
+            f"nothing to tell apart; set it to 0 or give data.records more DS1 records"
+        )
     model.eval()
     with torch.no_grad():
         width = model.encoder(signals[:1]).shape[1]

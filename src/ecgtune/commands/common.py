@@ -20,6 +20,7 @@ from ecgtune.config import AAMI_CLASSES, Config
 from ecgtune.data.files import atomic_write, writable_problem
 from ecgtune.errors import UserError
 from ecgtune.models.budget import check_model_budget
+from ecgtune.report import CHECKPOINT_NAME
 from ecgtune.tracking.local_store import check_local_store
 from ecgtune.training import available_cores, resolve_device
 
@@ -56,6 +57,17 @@ def check_model_size(config: Config) -> None:
     download or training (the head's class count matters little: the AAMI five unless the
     config names others)."""
     check_model_budget(config, len(config.data.class_names or AAMI_CLASSES))
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    """The model file of ``RUN_DIR`` (``evaluate``, ``predict``, ``export``); a folder that
+    does not exist is named as such, not as a missing checkpoint."""
+    if not run_dir.is_dir():
+        raise UserError(
+            f"RUN_DIR {run_dir}: no such folder (a run folder holds {CHECKPOINT_NAME}; train and "
+            f"tune write theirs under tracking.output_dir)"
+        )
+    return run_dir / CHECKPOINT_NAME
 
 
 def check_writable(folders: Mapping[str, Path]) -> None:

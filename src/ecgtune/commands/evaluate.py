@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from ecgtune.commands.common import check_writable
+from ecgtune.commands.common import check_writable, run_checkpoint
 from ecgtune.config import AAMI_CLASSES, Config, InferenceConfig, validate_config
 from ecgtune.console import make_console
 from ecgtune.console.data import data_progress
@@ -48,7 +48,7 @@ from ecgtune.data.wfdb_database import (
 )
 from ecgtune.errors import DataError
 from ecgtune.metrics import AAMI_REPORTED_CLASSES, metrics_from_confusion
-from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, write_report
+from ecgtune.report import load_checkpoint, write_report
 from ecgtune.training import evaluate_test_split, predict_proba, resolve_device
 
 LOCAL_DATA_KEYS = ("raw_dir", "cache_dir", "base_url", "train_files", "test_files")
@@ -57,7 +57,7 @@ LOCAL_DATA_KEYS = ("raw_dir", "cache_dir", "base_url", "train_files", "test_file
 
 def evaluate_command(run_dir: Path, config: Config) -> int:
     """Evaluate ``run_dir/best_model.pt`` on the test split its config defines; 0 when done."""
-    checkpoint = run_dir / CHECKPOINT_NAME
+    checkpoint = run_checkpoint(run_dir)
     model, saved, class_names = load_checkpoint(checkpoint)
     config = with_local_paths(saved, config, source=str(checkpoint))
     check_writable({"RUN_DIR": run_dir, "data.cache_dir": config.data.cache_dir})
@@ -163,7 +163,7 @@ def evaluate_database_command(
 def load_aami_model(run_dir: Path) -> tuple[nn.Module, Config, Path]:
     """The run's model on the CPU in fp32 (eval mode) and its config; refused unless its
     classes are the AAMI five, which the beat annotations of any database map to."""
-    checkpoint = run_dir / CHECKPOINT_NAME
+    checkpoint = run_checkpoint(run_dir)
     model, config, class_names = load_checkpoint(checkpoint)
     if class_names != AAMI_CLASSES:
         raise DataError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecgtune.commands.common import check_writable
+from ecgtune.commands.common import check_writable, run_checkpoint
 from ecgtune.console import make_console
 from ecgtune.errors import UserError
 from ecgtune.export import synthetic_inputs
@@ -22,7 +22,7 @@ from ecgtune.export.onnx import (
     refuse_adaptation,
     sidecar_path,
 )
-from ecgtune.report import CHECKPOINT_NAME, load_checkpoint
+from ecgtune.report import load_checkpoint
 
 FORMATS = ("onnx",)
 PARITY_BEATS = 512
@@ -40,7 +40,7 @@ def export_command(run_dir: Path, fmt: str = "onnx", out: Path | None = None) ->
             f"--out {target}: the file name must end in .onnx (the beat spec is written "
             f"beside it, as {target.stem}.json)"
         )
-    model, config, class_names = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model, config, class_names = load_checkpoint(run_checkpoint(run_dir))
     refuse_adaptation(config, f"export {run_dir}")
     check_writable({"--out" if out else "RUN_DIR": target.parent})
     spec = export_onnx(model, config, class_names, target)

@@ -116,12 +116,7 @@ def tune_command(
             )
             keys = space.searched_keys
             display = SearchDisplay(
-                console,
-                not quiet and is_interactive(),
-                config.training.objective,
-                config.search.max_evals,
-                keys,
-                verbose=config.tracking.verbose,
+                console, not quiet and is_interactive(), config, keys, config.tracking.verbose
             )
             try:
                 observer = TrialObserverFanOut(

@@ -4,7 +4,7 @@ and split, and how the train split is resampled."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -99,7 +99,12 @@ class DataConfig(Section):
         10, ge=1, le=1000, description="RR intervals in the (causal) local mean RR"
     )
     rr_local_seconds: float = Field(
-        60.0, gt=0, le=3600, description="the seconds and robust references: their window in s"
+        60.0,
+        ge=10,
+        le=3600,
+        description="the seconds and robust references: their window in s; at least 10, so "
+        "that it holds several intervals even at 30 beats a minute (a window shorter than one "
+        "interval holds only the previous one, and the ratios to it are always 1)",
     )
     rr_long_seconds: float = Field(
         300.0, gt=0, le=3600, description="the long reference: the robust one over this many s"
@@ -138,6 +143,16 @@ class DataConfig(Section):
     )
     cache_dir: Path = Field(Path("data/cache"), description="built datasets are cached here")
     resample: ResampleConfig = Field(default_factory=ResampleConfig)
+
+    @field_validator("raw_dir", mode="before")
+    @classmethod
+    def _local_folder(cls, value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            raise _value_error(
+                "a URL, not a folder: data.raw_dir is the local folder the records are read "
+                "from (and downloaded to); the URL they are downloaded from is data.base_url"
+            )
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -62,6 +62,13 @@ class Config(Section):
                 f"search.folds = {self.search.folds} groups beats by record, which needs "
                 f"data.split = 'inter' (the intra split has every record on both sides)"
             )
+        if self.training.patient_adversary and self.data.split != "inter":
+            raise _rule_error(
+                f"training.patient_adversary = {self.training.patient_adversary:g} trains "
+                f"against the training records' identity, which cannot help data.split = "
+                f"{self.data.split!r} (its test beats come from those same records); use "
+                f"data.split = 'inter' or set it to 0"
+            )
         shift = self.training.augment.shift
         if shift >= self.data.beat_length:
             raise _rule_error(

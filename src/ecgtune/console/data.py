@@ -22,31 +22,36 @@ from ecgtune.data.progress import DataProgress
 
 
 def data_progress(console: Console | None) -> DataProgress:
-    """The data layer's progress bars on ``console`` (silent without one)."""
+    """The data layer's progress bars on ``console``: on a terminal only, and gone when the
+    work ends, so a failure's one-line error is all that stays (what was built is in the
+    summary that follows a success). Elsewhere silent: rich would print their last state and
+    a blank line into a log."""
     return DataProgress(download=download_progress(console), build=build_progress(console))
 
 
 def download_progress(console: Console | None) -> Progress:
-    """Bytes of the file being downloaded; silent without a console."""
+    """Bytes of the file being downloaded; silent without a terminal."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         console=console,
-        disable=console is None,
+        disable=console is None or not console.is_interactive,
+        transient=True,
     )
 
 
 def build_progress(console: Console | None) -> Progress:
-    """Records (or files) read so far; silent without a console."""
+    """Records (or files) read so far; silent without a terminal."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=console is None,
+        disable=console is None or not console.is_interactive,
+        transient=True,
     )
 
 

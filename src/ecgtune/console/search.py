@@ -9,19 +9,30 @@ the same events as plain log lines. After the search: the top trials and the tes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import (
+    Console,
+    ConsoleOptions,
+    Group,
+    JustifyMethod,
+    RenderableType,
+    RenderResult,
+)
 from rich.live import Live
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
 from ecgtune.config import Config
 from ecgtune.data.dataset import Dataset
 from ecgtune.models.summary import model_summary
+from ecgtune.search.pruning import asha_rule, expected_epochs
 from ecgtune.search.trials import (
     TrialObserver,
     TrialOutcome,
@@ -39,18 +50,27 @@ STATUS_STYLES = {"ok": None, "pruned": "yellow", "failed": "red", "killed": "red
 
 
 def short_values(values: dict[str, Any]) -> str:
-    """``lr=0.00123 kernel_sizes=[5,3,3]``: the last part of each key, numbers in 3 digits;
-    escaped for rich, which would read ``[max,none]`` as markup."""
-    text = " ".join(f"{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in values.items())
+    """``lr=0.00123 kernel_sizes=5,3,3``: the last part of each key, values as
+    :func:`short_value` writes them; escaped for rich, which would read ``[max]`` as markup."""
+    text = " ".join(
+        f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items()
+    )
     return escape(text)
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A searched value in few characters: numbers in 3 significant figures, lists as
+    ``8,16,32`` (no brackets or spaces, so a table cell never wraps inside one)."""
     if isinstance(value, list):
-        return "[" + ",".join(_short(item) for item in value) + "]"
+        return ",".join(short_value(item) for item in value)
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def plural(count: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def run_header(config: Config, dataset: Dataset, device: str, threads: int, engine: str) -> Table:
@@ -88,59 +108,98 @@ def column_names(keys: Sequence[str]) -> dict[str, str]:
     }
 
 
-def trials_table(
-    rows: Sequence[TrialRow],
-    objective: str,
-    title: str,
-    best: TrialRow | None,
-    keys: Sequence[str],
-) -> Table:
+@dataclass(frozen=True)
+class TrialColumn:
+    """One column of the trials table: its header (its lines break only where it has a space)
+    and its cells, never wrapped or cut."""
+
+    header: str
+    cells: list[str]
+    justify: JustifyMethod = "right"
+
+
+UNBOUNDED_WIDTH = 100_000
+"""Wider than any table: its natural width is measured at this width (rich clamps a
+measurement to the width it is given)."""
+
+
+class TrialsTable:
     """Trials in the given order, one column per searched key; the best one in bold green,
-    pruned ones in yellow (with their last epoch), failed ones in red (with the reason)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    names = column_names(keys)
-    for key in keys:
-        table.add_column(names[key], justify="right", overflow="fold")
-    for column in (f"valid {objective}", "epochs", "time"):
-        table.add_column(column, justify="right")
-    table.add_column("status", overflow="fold")
-    for row in rows:
-        score = "-" if row.objective is None else f"{row.objective:.4f}"
-        status = escape(status_text(row))
-        style = "bold green" if best is not None and row is best else STATUS_STYLES[row.status]
-        values = [escape(_short(row.values[key])) if key in row.values else "" for key in keys]
-        table.add_row(
-            str(row.number),
-            *values,
-            score,
-            str(row.epochs),
-            _duration(row.seconds),
-            status,
-            style=style,
-        )
-    return table
+    pruned ones in yellow, failed ones in red.
+
+    Built for the width it is rendered at: numbers and the objective are never wrapped or
+    cut; where the table does not fit, whole columns are left out (the caption names them),
+    the last searched keys and the time first, then the earlier keys, the status, the
+    epochs, the trial number, and the objective never."""
+
+    def __init__(
+        self,
+        rows: Sequence[TrialRow],
+        objective: str,
+        title: str,
+        best: TrialRow | None,
+        keys: Sequence[str],
+    ) -> None:
+        self.title = title
+        self.styles = [
+            "bold green" if best is not None and row is best else STATUS_STYLES[row.status]
+            for row in rows
+        ]
+        names = column_names(keys)
+        self.columns = {
+            "#": TrialColumn("#", [str(row.number) for row in rows]),
+            **{
+                key: TrialColumn(names[key], [short_value(row.values.get(key, "")) for row in rows])
+                for key in keys
+            },
+            "objective": TrialColumn(
+                f"valid {objective}", [score_text(row.objective) for row in rows]
+            ),
+            "epochs": TrialColumn("epochs", [str(row.epochs) for row in rows]),
+            "time": TrialColumn("time", [_duration(row.seconds) for row in rows]),
+            "status": TrialColumn("status", [row.status for row in rows], "left"),
+        }
+        self.kept_longest = ["objective", "#", "epochs", "status", *keys, "time"]
+        """Column ids, the first kept longest."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        unbounded = options.update_width(UNBOUNDED_WIDTH)
+        shown = list(self.columns)
+        table = self.table(shown)
+        for dropped in reversed(self.kept_longest[1:]):
+            if Measurement.get(console, unbounded, table).maximum <= options.max_width:
+                break
+            shown.remove(dropped)
+            table = self.table(shown)
+        yield table
+
+    def table(self, shown: Sequence[str]) -> Table:
+        """The table of the ``shown`` columns, in their order."""
+        hidden = [self.columns[name].header for name in self.columns if name not in shown]
+        caption = f"not shown at this width: {', '.join(hidden)}" if hidden else None
+        table = Table(title=self.title, title_justify="left", caption=caption)
+        for name in shown:
+            column = self.columns[name]
+            header = column.header.replace(" ", "\n")
+            table.add_column(header, justify=column.justify, no_wrap=True)
+        for i, style in enumerate(self.styles):
+            table.add_row(*(Text(self.columns[name].cells[i]) for name in shown), style=style)
+        return table
 
 
-def status_text(row: TrialRow) -> str:
-    """``ok``, ``pruned at epoch 4``, or the status with the failure reason. A pruned trial's
-    rung and cutoff are in the line printed when it ended, in MLflow and in the trials file:
-    in a column they would fold every row of the table into a dozen lines."""
-    if row.status == "ok":
-        return "ok"
-    return (
-        f"pruned at epoch {row.epochs}" if row.status == "pruned" else f"{row.status}: {row.note}"
-    )
+def score_text(value: float | None) -> str:
+    """An objective as the tables and log lines show it: 4 decimals, ``-`` when none."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def top_trials_table(
     rows: Sequence[TrialRow], objective: str, n: int, keys: Sequence[str]
-) -> Table:
+) -> TrialsTable:
     """The ``n`` best finished trials, best first."""
     ranked = ranked_rows(rows, objective)
     best = ranked[0] if ranked else None
-    title = f"Top {min(n, len(ranked))} of {len(rows)} trials"
-    return trials_table(ranked[:n], objective, title, best, keys)
+    title = f"Top {min(n, len(ranked))} of {plural(len(rows), 'trial')}"
+    return TrialsTable(ranked[:n], objective, title, best, keys)
 
 
 def _duration(seconds: float) -> str:
@@ -160,18 +219,30 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         self,
         console: Console,
         live: bool,
-        objective: str,
-        max_evals: int,
+        config: Config,
         keys: Sequence[str],
         verbose: bool = False,
     ) -> None:
+        """``config`` is the search's base config: its objective, ``max_evals``, pruning,
+        epochs and trials at once (the ETA's inputs)."""
         self.console = console
         self.verbose = verbose
         self.keys = list(keys)
-        self.objective = objective
-        self.max_evals = max_evals
+        self.objective = config.training.objective
+        self.max_evals = config.search.max_evals
+        self.rule = asha_rule(config)
+        self.base_epochs = config.training.epochs
+        ray = config.search.engine == "ray"
+        self.parallel = config.search.max_concurrent if ray else 1
         self.rows: list[TrialRow] = []
-        self.session_seconds: list[float] = []
+        self.epoch_seconds: list[float] = []
+        """Every epoch this run trained, all trials: the ETA's time per epoch."""
+        self.trained_seconds: dict[int, float] = {}
+        """Each trial's epochs' time so far; the rest of a finished trial's time is overhead."""
+        self.overheads: list[float] = []
+        """Each finished trial's time beyond its epochs (model, checkpoint)."""
+        self.running: dict[int, tuple[int, int]] = {}
+        """Each trial in flight: (epochs trained, its training.epochs)."""
         self.trial = 0
         self.epochs = 0
         self.search_progress = Progress(
@@ -182,7 +253,7 @@ class SearchDisplay(TrialObserver, TrainingObserver):
             console=console,
         )
         self.search_task = self.search_progress.add_task(
-            "search", total=max_evals, best="-", eta="-"
+            "search", total=self.max_evals, best="-", eta="-"
         )
         self.trial_progress = Progress(
             TextColumn("[bold]trial {task.fields[trial]}[/] epoch {task.fields[epoch]}"),
@@ -223,11 +294,13 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         self.rows = list(rows)
         self.search_progress.update(self.search_task, completed=len(rows), best=self._best())
         if rows:
-            self.log(f"Resuming the search: {len(rows)} trials done, {self._best()} best so far")
+            done = plural(len(rows), "trial")
+            self.log(f"Resuming the search: {done} done, {self._best()} best so far")
         self._refresh()
 
     def trial_started(self, trial: TrialStart) -> TrainingObserver:
         self.trial = trial.number
+        self.running[trial.number] = (0, trial.config.training.epochs)
         if self.live is None:
             self.log(f"trial {trial.number} started: {short_values(trial.values)}")
             return TrialEvents(self, trial.number, None)
@@ -255,20 +328,29 @@ class SearchDisplay(TrialObserver, TrainingObserver):
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         value = record.valid_metrics[self.objective]
+        self.epoch_seconds.append(record.seconds)
+        trained = self.trained_seconds.get(self.trial, 0.0)
+        self.trained_seconds[self.trial] = trained + record.seconds
+        self.running[self.trial] = (record.epoch, self.epochs)
+        eta = self._eta()
+        self.search_progress.update(self.search_task, eta=eta)
         if self.trial_task is not None:
             valid = f"epoch {record.epoch} valid {self.objective} {value:.4f}"
             self.trial_progress.update(self.trial_task, valid=valid)
             return
         self.log(
             f"trial {self.trial} epoch {record.epoch}/{self.epochs}: train loss "
-            f"{record.train_loss:.4f}, valid {self.objective} {value:.4f} ({record.seconds:.1f} s)"
+            f"{record.train_loss:.4f}, valid {self.objective} {value:.4f} ({record.seconds:.1f} "
+            f"s); search ETA {eta}"
         )
 
     def trial_ended(self, outcome: TrialOutcome) -> None:
         row = outcome.row
         was_best = best_row(self.rows, self.objective)
         self.rows.append(row)
-        self.session_seconds.append(row.seconds)
+        self.running.pop(row.number, None)
+        trained = self.trained_seconds.pop(row.number, 0.0)
+        self.overheads.append(max(row.seconds - trained, 0.0))
         is_best = best_row(self.rows, self.objective) is row and was_best is not row
         self.search_progress.update(
             self.search_task, completed=len(self.rows), best=self._best(), eta=self._eta()
@@ -281,7 +363,7 @@ class SearchDisplay(TrialObserver, TrainingObserver):
             pruned = escape(f"; {row.note}") if row.status == "pruned" else ""
             self.log(
                 f"trial {row.number} done: valid {self.objective} {row.objective:.4f}{mark}, "
-                f"{row.epochs} epochs, {_duration(row.seconds)}{pruned}"
+                f"{plural(row.epochs, 'epoch')}, {_duration(row.seconds)}{pruned}"
             )
         else:
             self.log(escape(f"trial {row.number} {row.status}: {row.note}"))
@@ -292,12 +374,26 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         return "-" if best is None or best.objective is None else f"{best.objective:.4f}"
 
     def _eta(self) -> str:
-        """Remaining trials times the mean duration of this run's trials."""
-        remaining = max(self.max_evals - len(self.rows), 0)
-        if not self.session_seconds:
+        """The search's time left, from this run's first epoch on: the epochs the trials in
+        flight and the trials still to start are expected to train (:func:`expected_epochs`,
+        which counts the pruning: a pruned trial trains a few epochs, not training.epochs)
+        times this run's mean epoch time, plus each of those trials' overhead (this run's mean
+        time of a finished trial beyond its epochs), over the trials trained at once. "-"
+        before the first epoch ends."""
+        if not self.epoch_seconds:
             return "-"
-        mean = sum(self.session_seconds) / len(self.session_seconds)
-        return _duration(remaining * mean)
+        earlier = [row.epochs for row in self.rows]
+        in_flight = sum(
+            expected_epochs(self.rule, epochs, done, earlier) - done
+            for done, epochs in self.running.values()
+        )
+        reached = earlier + [done for done, _ in self.running.values()]
+        to_start = max(self.max_evals - len(self.rows) - len(self.running), 0)
+        epochs = in_flight + to_start * expected_epochs(self.rule, self.base_epochs, 0, reached)
+        per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
+        overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 0.0
+        trials = to_start + len(self.running)
+        return _duration((epochs * per_epoch + trials * overhead) / self.parallel)
 
     def _renderable(self) -> Group:
         shown = self.rows[-VISIBLE_TRIALS:]
@@ -305,7 +401,7 @@ class SearchDisplay(TrialObserver, TrainingObserver):
         if best is not None and best not in shown:
             shown = [best, *shown[1:]]
         title = f"Finished trials ({len(self.rows)}; the best in green)"
-        table = trials_table(shown, self.objective, title, best, self.keys)
+        table = TrialsTable(shown, self.objective, title, best, self.keys)
         return Group(self.search_progress, self.trial_progress, table)
 
     def _refresh(self) -> None:

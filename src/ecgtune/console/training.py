@@ -84,8 +84,11 @@ class TrainingDisplay(TrainingObserver):
             self.progress = None
         value = record.valid_metrics[self.objective]
         self.last_objective = f"{value:.4f}"
+        adversary = (
+            "" if record.adversary_loss is None else f"adversary loss {record.adversary_loss:.4f}  "
+        )
         self.console.print(
-            f"epoch {record.epoch}/{self.epochs}  train loss {record.train_loss:.4f}  "
+            f"epoch {record.epoch}/{self.epochs}  train loss {record.train_loss:.4f}  {adversary}"
             f"valid loss {record.valid_loss:.4f}  valid {self.objective} {value:.4f}  "
             f"lr {record.lr:.2g}  {record.beats_per_second:.0f} beats/s  {record.seconds:.1f} s"
         )

@@ -66,7 +66,9 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   (:data:`SKIP_REASONS`), when its sample lies outside the signal (real annotation files may hold
   a beat at the sample just past the last one), when its R peak lies within :data:`EDGE_SECONDS`
   of the record's first or last sample (too little of its QRS complex is in the record to cut
-  a window around it), or when its symbol is not a WFDB annotation code at all. RR
+  a window around it), when its symbol is not a WFDB annotation code at all, or when it is the
+  record's only beat inside the signal (no RR interval to measure: a record of one beat has
+  none to cut, as one of none). RR
   intervals are measured over every beat inside the signal, edge beats included; the rest of a
   window past the record's ends is zero, as above. Known annotations that are not beats (rhythm,
   noise, ``+``, ``~``) are neither beats nor skipped.
@@ -88,7 +90,6 @@ from wfdb.io.annotation import ann_label_table
 
 from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures, RRReference
 from ecgtune.data.records import Annotations, Lead
-from ecgtune.errors import DataError
 
 AAMI_SYMBOLS: dict[str, str] = {
     "N": "NLRejB",
@@ -144,7 +145,8 @@ less than a quarter of the narrowest QRS complex (about 40 ms) would be in the r
 little to be told from the record's edge. MIT-BIH's nearest beat to an edge lies 17 ms from it
 (record 113's last), so the mitdb build keeps all of its beats."""
 OUTSIDE, EDGE, UNKNOWN = "outside the signal", "window past the edge", "unknown symbol"
-SKIP_REASONS = (OUTSIDE, EDGE, UNKNOWN)
+LONE = "lone beat (no RR interval)"
+SKIP_REASONS = (OUTSIDE, EDGE, UNKNOWN, LONE)
 """Why an annotation is skipped (module docstring, "Record edges")."""
 QRS_SEARCH_SECONDS = 0.15
 """The QRS complex is looked for this far either side of the R peak: wider than the widest
@@ -184,8 +186,8 @@ class RecordBeats:
 
     @property
     def skipped_beats(self) -> int:
-        """Beat annotations left out at the record's edges or outside its signal."""
-        return self.skipped.get(OUTSIDE, 0) + self.skipped.get(EDGE, 0)
+        """Beat annotations left out: at the record's edges, outside its signal, or alone."""
+        return sum(self.skipped.get(reason, 0) for reason in (OUTSIDE, EDGE, LONE))
 
 
 def total_skips(skips: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -234,7 +236,7 @@ def segment_record(
     inside = (annotations.samples >= 0) & (annotations.samples < n_samples)
     in_signal = (labels >= 0) & inside
     if np.count_nonzero(in_signal) < 2:
-        raise DataError(f"record {record}: fewer than two beat annotations, no RR interval")
+        return beatless_record(record, len(leads), annotations, labels, inside, config)
     samples = annotations.samples[in_signal]
     rr = np.diff(samples) / leads[0].fs
     edge = round(EDGE_SECONDS * leads[0].fs)
@@ -258,6 +260,32 @@ def segment_record(
         rr=features.astype(np.float32)[whole][keep],
         samples=samples[whole][keep],
         symbols=annotations.symbols[is_beat][keep],
+        skipped=skipped,
+    )
+
+
+def beatless_record(
+    record: str,
+    n_leads: int,
+    annotations: Annotations,
+    labels: NDArray[np.int64],
+    inside: NDArray[np.bool_],
+    config: DataConfig,
+) -> RecordBeats:
+    """A record with fewer than two beats inside its signal: no beat, each annotation counted
+    by its reason (the lone beat as :data:`LONE`)."""
+    in_signal = (labels >= 0) & inside
+    skipped = skip_counts(annotations.symbols, labels >= 0, inside, np.zeros_like(inside))
+    if in_signal.any():
+        skipped[LONE] = int(np.count_nonzero(in_signal))
+    shape = (0, config.beat_length) if n_leads == 1 else (0, n_leads, config.beat_length)
+    return RecordBeats(
+        record=record,
+        signals=np.zeros(shape, dtype=np.float32),
+        labels=np.zeros(0, dtype=np.int64),
+        rr=np.zeros((0, len(RR_COLUMNS)), dtype=np.float32),
+        samples=np.zeros(0, dtype=np.int64),
+        symbols=np.zeros(0, dtype=np.str_),
         skipped=skipped,
     )
 

@@ -119,14 +119,26 @@ def numeric_matrix(frame: pd.DataFrame, path: Path) -> NDArray[np.float64]:
 
 
 def whole_labels(values: NDArray[np.float64], path: Path) -> NDArray[np.int64]:
-    """Labels as class indices; a negative, fractional or too large label is named by row."""
-    bad = np.flatnonzero((values < 0) | (values >= MAX_CLASSES) | (values != np.round(values)))
+    """Labels as class indices; a negative, fractional or too large label is named by row,
+    with the classes the file's other rows hold."""
+    broken = (values < 0) | (values >= MAX_CLASSES) | (values != np.round(values))
+    bad = np.flatnonzero(broken)
     if bad.size:
         raise DataError(
-            f"{path}: row {bad[0] + 1}: label {values[bad[0]]:g} is not a class index "
-            f"0, 1, ..., {MAX_CLASSES - 1}"
+            f"{path}: row {bad[0] + 1}: label {values[bad[0]]:g} is not a class index; "
+            f"{describe_classes(values[~broken].astype(np.int64))}"
         )
     return values.astype(np.int64)
+
+
+def describe_classes(labels: NDArray[np.int64]) -> str:
+    """``the file's other labels are 0-4`` (or ``0, 2, 7`` when not consecutive)."""
+    classes = np.unique(labels).tolist()
+    if not classes:
+        return "the file has no other label"
+    if classes == list(range(classes[0], classes[-1] + 1)) and len(classes) > 2:
+        return f"the file's other labels are {classes[0]}-{classes[-1]}"
+    return f"the file's other labels are {', '.join(str(label) for label in classes)}"
 
 
 def class_names_for(files: list[BeatFile], config: DataConfig) -> tuple[str, ...]:

@@ -8,9 +8,10 @@ here is cut exactly as the model's training beats were, whatever the record's sa
 (found by name, as many as the model has input channels, in its channel order). Beat positions
 come from the record's annotation file, or from the QRS detector (:mod:`~ecgtune.data.detect`,
 on the first lead); RR intervals from those same positions. Beats outside the signal or at its
-edges, and unknown symbols, are skipped and counted (``RecordBeats.skipped``), or refused with
-``strict``. :func:`cut_records` reads and cuts the next records in threads while the caller
-classifies the current one (wfdb's reads and scipy's filters release the GIL).
+edges, unknown symbols, and a record's lone beat, are skipped and counted
+(``RecordBeats.skipped``), or refused with ``strict``. :func:`cut_records` reads and cuts the
+next records in threads while the caller classifies the current one (wfdb's reads and scipy's
+filters release the GIL).
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def cut_record(
     """Every beat of the record at ``path`` (no extension), cut by ``data``'s rules from the
     chosen leads: at the beats of its ``annotator`` file, or at the beats XQRS finds on the
     first lead when ``annotator`` is None. Beats outside the signal or at its edges, and
-    unknown symbols, are skipped and counted; ``strict`` refuses the record instead."""
+    unknown symbols, and a record's lone beat, are skipped and counted; ``strict`` refuses the
+    record instead."""
     leads = tuple(read_named_leads(path, choice.names, choice.first_channel))
     signal = leads[0]
     if signal.fs != round(signal.fs):
@@ -167,17 +169,14 @@ def cut_record(
             f"resampled exactly (resample the record first)"
         )
     if annotator is None:
-        samples = detect_beats(str(path), signal)
-        if samples.size < 2:
-            raise DataError(f"record {path}: the QRS detector found {samples.size} beats")
-        annotations, source = detected_annotations(samples), "XQRS"
+        annotations, source = detected_annotations(detect_beats(str(path), signal)), "XQRS"
     else:
         annotations, source = read_annotations(path.parent, path.name, annotator), annotator
     beats = segment_record(path.name, leads, annotations, whole_record_rules(data))
     if strict and beats.skipped:
         raise DataError(
-            f"record {path}: annotations skipped at the record's edges or unknown: "
-            f"{describe_skips(beats.skipped)} (--strict; without it they are skipped and counted)"
+            f"record {path}: annotations skipped: {describe_skips(beats.skipped)} (--strict; "
+            f"without it they are skipped and counted)"
         )
     return CutRecord(leads, beats, source)
 

@@ -94,6 +94,37 @@ class Asha:
         )
 
 
+def asha_rule(config: Config) -> Asha | None:
+    """The search's pruning rule, or None when ``search.pruning = "none"``."""
+    search = config.search
+    if search.pruning != "asha":
+        return None
+    return Asha(search.grace_epochs, search.reduction_factor, config.training.objective)
+
+
+def expected_epochs(rule: Asha | None, epochs: int, done: int, earlier: Sequence[int]) -> float:
+    """The epochs a trial of ``training.epochs = epochs`` is expected to train in all, once it
+    has trained ``done`` (still running), given the epochs the ``earlier`` trials trained.
+
+    Epoch ``e`` is trained only if the trial went on at every rung before it that is still
+    undecided (a rung at ``done`` or later; none at the last epoch, which Ray never decides).
+    At a rung that an earlier trial reached, the top 1/eta go on: taking a trial's rank among
+    the rung's values as uniform (nothing known of its score yet), it goes on with chance
+    1/eta; at a rung no earlier trial reached it always goes on. So the first trial counts all
+    its epochs, and a later one ``grace + (grace x eta - grace) / eta + ...``: 8.7 of 30 with a
+    grace of 4 and eta 3. Early stopping, which can only shorten a trial, is not counted."""
+    if rule is None:
+        return float(max(epochs, done))
+    total, chance = float(done), 1.0
+    for epoch in range(done + 1, epochs + 1):
+        rung = epoch - 1
+        undecided = rung >= max(done, 1) and rule.rung(rung) is not None
+        if undecided and any(trained >= rung for trained in earlier):
+            chance /= rule.eta
+        total += chance
+    return total
+
+
 class TrialPruner(TrainingObserver):
     """One trial's side of the search's pruning: keeps the trial's validation objective of
     every epoch (its ``curve``, saved with the trial for the trials after it) and, with
@@ -102,13 +133,8 @@ class TrialPruner(TrainingObserver):
 
     def __init__(self, config: Config, earlier: Sequence[Sequence[float]]) -> None:
         """``config`` is the search's base config: its objective and ``search`` keys."""
-        search = config.search
         self.objective = config.training.objective
-        self.rule = (
-            Asha(search.grace_epochs, search.reduction_factor, self.objective)
-            if search.pruning == "asha"
-            else None
-        )
+        self.rule = asha_rule(config)
         self.earlier = earlier
         self.last_epoch = config.training.epochs
         self.curve: list[float] = []
@@ -142,8 +168,18 @@ def check_pruning(space: SearchSpace) -> None:
     epochs = min([space.base.training.epochs, *drawn])
     if search.grace_epochs >= epochs:
         which = "the fewest training.epochs the space draws" if drawn else "training.epochs"
+        fixes = grace_fixes(search.grace_epochs, epochs, bool(drawn))
         raise ConfigError(
             f"search.grace_epochs = {search.grace_epochs} must be below {which} = {epochs} "
             f"when search.pruning = {search.pruning!r}: a trial ends at training.epochs "
-            f"anyway, so none could be pruned"
+            f"anyway, so none could be pruned; {fixes}"
         )
+
+
+def grace_fixes(grace: int, epochs: int, drawn: bool) -> str:
+    """The settings that would pass :func:`check_pruning`'s grace rule, in words."""
+    more = f"training.epochs to {grace + 1} or more" + (" (in search.space)" if drawn else "")
+    fixes = [more, "search.pruning = 'none'"]
+    if epochs > 1:  # grace_epochs is at least 1
+        fixes.insert(0, f"search.grace_epochs to {epochs - 1} or less")
+    return "set " + ", or ".join(fixes)

@@ -2,8 +2,10 @@
 and each trial's hyperparameters for the HParams tab.
 
 ``tensorboard --logdir <tracking.tensorboard_dir>`` shows every run side by side. Tags:
-``train/loss``, ``train/lr`` (the lr the epoch started with), ``train/beats_per_second`` and
-``valid/<metric>`` for every validation figure (``valid/loss``, ``valid/macro_f1``, ...).
+``train/loss`` (the classification loss), ``train/adversary_loss`` (with
+``training.patient_adversary``), ``train/lr`` (the lr the epoch started with),
+``train/beats_per_second`` and ``valid/<metric>`` for every validation figure
+(``valid/loss``, ``valid/macro_f1``, ...).
 :class:`TensorBoardEpochs` is a training observer (the trainer knows no writer);
 :class:`TensorBoardTrials` gives every trial of a search its own short-named directory
 (``<experiment>/<MMDD-HHMMSS>/trial-003``), declares every searched key with its domain for
@@ -162,6 +164,8 @@ def epoch_scalars(record: EpochRecord) -> dict[str, float]:
         "train/lr": record.lr,
         "train/beats_per_second": record.beats_per_second,
     }
+    if record.adversary_loss is not None:
+        scalars["train/adversary_loss"] = record.adversary_loss
     scalars.update({f"valid/{name}": value for name, value in record.valid_metrics.items()})
     return scalars
 

@@ -214,6 +214,7 @@ class RayDriver:
             lr=float(result["lr"]),
             seconds=float(result["seconds"]),
             beats_per_second=float(result["beats_per_second"]),
+            adversary_loss=result.get("adversary_loss"),
         )
         n_train = int(result["n_train"])
         if not state.history:

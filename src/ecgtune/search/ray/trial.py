@@ -94,6 +94,7 @@ class EpochReports(TrainingObserver):
             BEST: self.best.valid_metrics[objective],
             "best_epoch": self.best.epoch,
             "train_loss": record.train_loss,
+            "adversary_loss": record.adversary_loss,
             "lr": record.lr,
             "seconds": record.seconds,
             "beats_per_second": record.beats_per_second,
