@@ -170,7 +170,7 @@ def test_the_quick_config_runs_a_search_worth_opening(
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [run for run in runs if TRIAL_TAG not in run.data.tags]
     assert sorted(description_rows(parent)) == [0, 1, 2, 3]
-    assert parent.data.params["training.epochs"] == "5"  # from quick.toml, not the default
+    assert parent.data.params["training.epochs"] == "6"  # from quick.toml, not the default
     assert parent.data.params["search.max_evals"] == "4"  # from --set
     assert parent.data.params["data.max_beats_per_record"] == "150"
 
