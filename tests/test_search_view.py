@@ -21,8 +21,9 @@ from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config
 from ecgtune.models import build_model
 from ecgtune.search.store import TrialStore
-from ecgtune.tracking.mlflow_runs import NOTE_TAG, STATUS_TAG, TRIAL_TAG
-from ecgtune.tracking.mlflow_view import VIEW_KEY, VIEW_TAG
+from ecgtune.search.trials import TrialRow
+from ecgtune.tracking.mlflow_runs import NOTE_TAG, STATUS_TAG, TAG_LIMIT, TRIAL_TAG
+from ecgtune.tracking.mlflow_view import VIEW_KEY, VIEW_TAG, search_description
 from ecgtune.tracking.tensorboard import STATUS_KEY, UNUSED
 from tests.conftest import REPO_ROOT
 from tests.search_helpers import SearchConfig, mlflow_runs, pruning_search, results
@@ -197,3 +198,17 @@ def test_the_quick_config_runs_a_search_worth_opening(
     assert f"{url}workflowType=machine_learning&viewStateShareKey={VIEW_KEY}" in printed
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in printed
     assert "tensorboard --logdir=logs" in printed
+
+
+def test_a_long_search_fits_its_description_and_counts_the_trials_left_out() -> None:
+    """MLflow stores a tag of limited length: past it, the last trials are counted instead
+    of cut mid-row."""
+    rows = [
+        TrialRow(n, "ok", {"training.lr": 1e-3 * (n + 1)}, 0.5, 3, 10.0, "") for n in range(300)
+    ]
+    text = search_description(rows, "macro_f1", ["training.lr"], rows[7], {}, None, TAG_LIMIT)
+    assert len(text) <= TAG_LIMIT
+    shown = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    shown += [line for line in text.splitlines() if line.startswith("| **")]
+    assert text.endswith(f"{300 - len(shown)} more trials: see the runs table.")
+    assert "| **7** | **ok** | **0.5000** | **3** | **0.008** |" in text

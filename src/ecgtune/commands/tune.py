@@ -112,7 +112,7 @@ def tune_command(
             dataset = load_dataset(config, data_progress(console))
             header = run_header(config, dataset, *device_and_threads(config), engine.description())
             console.print(header)
-            console.print(f"MLflow runs table: {tracker.runs_url}", soft_wrap=True)
+            console.print(f"MLflow runs table: {tracker.runs_url}", soft_wrap=True, markup=False)
             if metadata is None:
                 metadata = start_search(config, identity, tracker, overrides)
                 engine.start(metadata)
@@ -169,7 +169,7 @@ def tune_command(
     show_result(config, best, rows, keys, console)
     seconds = time.perf_counter() - started
     for line in search_outputs(config.run_dir, files, parent_id, model.model_uri, seconds):
-        console.print(line, soft_wrap=True)
+        console.print(line, soft_wrap=True, markup=False)
     show_browse_commands(config, tracker, console)
     return 0
 
@@ -352,7 +352,7 @@ def show_browse_commands(config: Config, tracker: MlflowTracker, console: Consol
     console.print("Browse the search:")
     uri, logs = config.tracking.mlflow_uri, config.tracking.tensorboard_dir
     for line in browse_commands(uri, tracker.runs_url, logs):
-        console.print(line, soft_wrap=True, highlight=False)
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def describe_search(

@@ -83,11 +83,14 @@ def run_header(config: Config, dataset: Dataset, device: str, threads: int, engi
 
 
 def browse_commands(tracking_uri: str, runs_url: str, tensorboard_dir: Path) -> list[str]:
-    """The two commands that open what a search recorded, each with the page to open; whole
-    lines, for the console to print unfolded (a terminal links a URL only in one piece)."""
+    """The two commands that open what a search recorded, each with the page to open (a
+    tracking server serves its own UI: only the page); whole lines, for the console to print
+    unfolded (a terminal links a URL only in one piece)."""
+    served = tracking_uri.startswith(("http://", "https://"))
+    mlflow = [] if served else [f"  mlflow ui --backend-store-uri {tracking_uri}"]
     return [
-        f"  mlflow ui --backend-store-uri {tracking_uri}",
-        f"    then open {runs_url}",
+        *mlflow,
+        f"    then open {runs_url}" if mlflow else f"  open {runs_url}",
         f"  tensorboard --logdir={tensorboard_dir}",
         f"    then open {TENSORBOARD_UI}/#hparams (and #timeseries for the curves)",
     ]
