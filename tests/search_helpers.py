@@ -23,6 +23,8 @@ SPACE = {
     "model.dropout": {"uniform": [0.1, 0.5]},
 }
 EXPERIMENT = "search-test"
+USELESS_LR = 1e-7
+"""Leaves the network as initialised: after one epoch it is far behind a trial at lr 3e-3."""
 
 SearchConfig = Callable[..., Config]
 
@@ -44,6 +46,22 @@ def search_config(small_config: Callable[..., Config]) -> SearchConfig:
         return small_config(search=search, training=training, tracking=tracking, **overrides)
 
     return make
+
+
+def pruning_search(search_config: SearchConfig, max_evals: int) -> Config:
+    """A search whose trials 0, 2 and 4 train at lr 3e-3 (the same model: ties at every
+    rung, which go on) and 1, 3 and 5 at 1e-7 (hyperopt's random draws with seed 4), with
+    ASHA rungs at epochs 1 and 2 of 3."""
+    search = {
+        "algorithm": "random",
+        "pruning": "asha",
+        "grace_epochs": 1,
+        "reduction_factor": 2,
+        "space": {"training.lr": {"choice": [3e-3, USELESS_LR]}},
+    }
+    return search_config(
+        max_evals=max_evals, epochs=3, search=search, training={"lr": 3e-3}, seed=4
+    )
 
 
 def saved_trials(config: Config) -> Trials:

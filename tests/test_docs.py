@@ -212,20 +212,26 @@ def test_a_command_the_cli_refuses_fails_the_check(call: str) -> None:
         check_call(arguments(call))
 
 
-def test_the_readme_shows_the_main_job_and_the_test_command_ci_runs() -> None:
-    """Both quick-start commands install the same way; CI runs the same test command."""
+def test_the_readme_shows_the_quick_try_the_main_job_and_the_test_command_ci_runs() -> None:
+    """The quick start installs torch 2.13.0 (and says how to take the CPU-only build), then
+    the project; runs the quick config first, then the main job and the tests; CI runs the
+    same test command."""
     lines = [
         line
         for block in code_blocks(README.read_text(encoding="utf-8"))
         for line in block.splitlines()
-        if "pip install" in line
+        if line.startswith(".venv/bin/")
     ]
-    install = {line.rpartition("&&")[0] for line in lines}
-    ends = {line.rpartition("&&")[2].strip() for line in lines}
-    assert len(install) == 1 and ends == {
+    assert lines[:2] == [".venv/bin/pip install torch==2.13.0", '.venv/bin/pip install -e ".[dev]"']
+    cpu_only = (
+        "`.venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`"
+    )
+    assert cpu_only in README.read_text(encoding="utf-8")
+    assert [line for line in lines if line.startswith(".venv/bin/python")] == [
+        ".venv/bin/python hypertune.py tune --config configs/quick.toml",
         ".venv/bin/python hypertune.py",
         ".venv/bin/python -m pytest",
-    }
+    ]
     assert ".venv/bin/python -m pytest" in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 

@@ -28,7 +28,7 @@ from ecgtune.training import (
     train_model,
 )
 from tests.conftest import run_hypertune
-from tests.search_helpers import SearchConfig, mlflow_runs, results
+from tests.search_helpers import USELESS_LR, SearchConfig, mlflow_runs, pruning_search, results
 
 # --- the rule ----------------------------------------------------------------------------------
 
@@ -178,9 +178,6 @@ def test_an_observer_ends_training_with_the_best_epoch_restored(small_config: An
 
 # --- a real search -------------------------------------------------------------------------------
 
-USELESS_LR = 1e-7
-"""Leaves the network as initialised: after one epoch it is far behind a trial at lr 3e-3."""
-
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("in_tmp_path")
@@ -192,14 +189,7 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
     """Trials 0, 2 and 4 train at lr 3e-3 (the same model: ties at every rung, which go on),
     trials 1, 3 and 5 at 1e-7 (hyperopt's random draws with seed 4); rungs at epochs 1 and 2.
     The resumed search prunes trial 5 by the curves saved in trials.json."""
-    search = {
-        "algorithm": "random",
-        "pruning": "asha",
-        "grace_epochs": 1,
-        "reduction_factor": 2,
-        "space": {"training.lr": {"choice": [3e-3, USELESS_LR]}},
-    }
-    config = search_config(max_evals=4, epochs=3, search=search, training={"lr": 3e-3}, seed=4)
+    config = pruning_search(search_config, max_evals=4)
     monkeypatch.setenv("COLUMNS", "400")  # one table row per trial
     assert tune_command(config, quiet=True) == 0
     printed = capsys.readouterr().out
@@ -228,7 +218,7 @@ def test_a_search_prunes_its_useless_trial_at_the_grace_epoch_and_keeps_it_prune
     assert [row["status"] for row in report["trials"]] == ["ok", "pruned", "ok", "pruned"]
     assert report["trials"][1] == rows[1]
 
-    more = search_config(max_evals=6, epochs=3, search=search, training={"lr": 3e-3}, seed=4)
+    more = pruning_search(search_config, max_evals=6)
     assert tune_command(more, quiet=True) == 0
     resumed = [result["row"] for result in results(more)]
     assert resumed[:4] == rows

@@ -182,7 +182,7 @@ def test_a_server_lost_mid_search_ends_it_within_a_minute_and_the_rerun_resumes(
     assert children == [
         ("trial-000", "FINISHED"),
         ("trial-001", "FINISHED"),
-        ("trial-001", "KILLED"),
+        ("trial-001 killed", "KILLED"),
         ("trial-002", "FINISHED"),
     ]
 

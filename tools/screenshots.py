@@ -1,19 +1,25 @@
 """Screenshots of what a user sees after a search: ``mlflow ui`` and TensorBoard in a real
 (headless) browser, for the README and docs/search.md.
 
-Runs a tiny search (3 trials, 2 records, a small CNN) in a temporary folder, starts
-``mlflow ui`` and ``tensorboard`` on 127.0.0.1 (free ports, each in its own process group),
-takes screenshots with Chromium's headless shell (Debian: ``apt-get install
-chromium-headless-shell``), and stops both servers whatever happens.
+Runs the search of ``configs/quick.toml`` in a work folder (its records from ``--raw-dir``),
+starts ``mlflow ui`` and ``tensorboard`` on 127.0.0.1 (free ports, each in its own process
+group), drives Debian's Chromium (``apt-get install chromium``) with Playwright (``pip install
+playwright``; no browser download: it launches ``--browser``) and stops both servers whatever
+happens. Pictures: the runs table with the search expanded and its columns, the search's
+description (its table of trials), every trial's per-epoch curves and the HParams parallel
+view.
 
     python tools/screenshots.py --raw-dir ../shared/data/mitdb --out docs/screenshots
+
+``--work DIR`` keeps the search in DIR, and a second run with the same DIR photographs that
+search again without running it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,66 +30,165 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
+from PIL import Image
+from playwright.sync_api import Page, sync_playwright
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BROWSERS = ("chromium-headless-shell", "chromium", "google-chrome")
+EXPERIMENT = "quick"
 START_SECONDS = 120
+VIEWPORT = {"width": 1500, "height": 900}
+WIDE_VIEWPORT = {"width": 2000, "height": 1400}
+"""The run page puts the description in its left half: wide enough for the trials table."""
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""Chromium without a GPU, a sandbox, or any call home."""
+PICTURES = (
+    "mlflow-runs.png",
+    "mlflow-description.png",
+    "tensorboard-curves.png",
+    "tensorboard-hparams.png",
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw-dir", type=Path, required=True, help="MIT-BIH records")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
+    parser.add_argument("--work", type=Path, help="keep (or reuse) the search in this folder")
+    parser.add_argument("--browser", default="/usr/bin/chromium", help="Chromium's executable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for the search, e.g. training.num_threads=1 on a shared machine",
+    )
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
-    if browser is None:
-        print("no headless Chromium: apt-get install chromium-headless-shell", file=sys.stderr)
+    if not Path(args.browser).is_file():
+        print(f"no Chromium at {args.browser}: apt-get install chromium", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        run_tiny_search(work, args.raw_dir.resolve())
-        uri = f"sqlite:///{work / 'mlflow.db'}"
-        experiment = MlflowClient(uri).get_experiment_by_name("screenshots")
-        assert experiment is not None
-        with serve(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri], work
-        ) as mlflow_url:
-            page = f"#/experiments/{experiment.experiment_id}/runs"
-            runs = f"{mlflow_url}/{page}?workflowType=machine_learning"
-            shoot(browser, runs, args.out / "mlflow-runs.png")
-        with serve(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", "logs"], work
-        ) as tensorboard_url:
-            shoot(browser, f"{tensorboard_url}/#hparams", args.out / "tensorboard-hparams.png")
-            shoot(browser, f"{tensorboard_url}/#timeseries", args.out / "tensorboard-scalars.png")
-    print(f"wrote 3 screenshots to {args.out}")
+        work = (args.work or Path(folder)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / "runs" / EXPERIMENT / "report.json").is_file():
+            run_quick_search(work, args.raw_dir.resolve(), args.set)
+        with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+            context = playwright.chromium.launch_persistent_context(
+                profile, executable_path=args.browser, args=CHROMIUM_FLAGS, viewport=VIEWPORT
+            )
+            try:
+                page = context.new_page()
+                shoot_mlflow(page, work, args.out)
+                shoot_tensorboard(page, work, args.out)
+            finally:
+                context.close()
+    for picture in PICTURES:
+        shrink(args.out / picture)
+    print(f"wrote {', '.join(PICTURES)} to {args.out}")
     return 0
 
 
-def run_tiny_search(work: Path, raw_dir: Path) -> None:
-    """``hypertune.py tune`` on 2 records, 3 trials of a small CNN, outputs in ``work``."""
-    overrides = {
-        "data.raw_dir": f'"{raw_dir}"',
-        "data.records": '["100", "208"]',
-        "data.max_beats_per_record": "600",
-        "data.cache_dir": '"cache"',
-        "training.epochs": "3",
-        "search.max_evals": "3",
-        "search.timeout": "600",
-        "tracking.experiment": '"screenshots"',
-    }
+def run_quick_search(work: Path, raw_dir: Path, overrides: list[str]) -> None:
+    """``hypertune.py tune --config configs/quick.toml``, its outputs in ``work``."""
     command = [sys.executable, str(REPO_ROOT / "hypertune.py"), "tune", "--quiet"]
-    command += ["--config", str(REPO_ROOT / "config.toml")]
-    for key, value in overrides.items():
-        command += ["--set", f"{key}={value}"]
-    subprocess.run(command, cwd=work, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    command += ["--config", str(REPO_ROOT / "configs" / "quick.toml")]
+    for item in [f"data.raw_dir={json.dumps(str(raw_dir))}", *overrides]:
+        command += ["--set", item]
+    subprocess.run(command, cwd=work, check=True)
+
+
+def shoot_mlflow(page: Page, work: Path, out: Path) -> None:
+    """The runs table (the search expanded) and the search's description."""
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    report = json.loads((work / "runs" / EXPERIMENT / "report.json").read_text())
+    parent = report["mlflow"]["parent_run_id"]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    with serve(command, work) as url:
+        page.goto(runs_table_url(url, experiment.experiment_id))
+        page.get_by_text("search-", exact=False).first.wait_for(timeout=60_000)
+        close_panels(page)
+        page.locator(".ag-row").first.locator("button").first.click()  # expand the search
+        page.get_by_text("trial-000").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(2_000)
+        page.screenshot(path=out / "mlflow-runs.png")
+        run_page = f"#/experiments/{experiment.experiment_id}/runs/{parent}"
+        page.set_viewport_size(WIDE_VIEWPORT)
+        page.goto(f"{url}/{run_page}?workflowType=machine_learning")
+        page.get_by_text("Show more").first.click(timeout=60_000)
+        close_panels(page)
+        page.wait_for_timeout(1_500)
+        description = page.locator("div", has=page.get_by_text("Trials (")).filter(
+            has=page.get_by_text("Test split (")
+        )
+        description.last.screenshot(path=out / "mlflow-description.png")
+        page.set_viewport_size(VIEWPORT)
+
+
+def runs_table_url(address: str, experiment_id: str) -> str:
+    """The address ecgtune prints for the runs table, on this server."""
+    query = "workflowType=machine_learning&viewStateShareKey=ecgtune-search"
+    return f"{address}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def close_panels(page: Page) -> None:
+    """Close MLflow's assistant panel and the shared-view banner, which cover the page."""
+    for label in ("Close", "Hide banner"):
+        button = page.get_by_role("button", name=label, exact=True)
+        if button.count():
+            button.first.click()
+
+
+def shoot_tensorboard(page: Page, work: Path, out: Path) -> None:
+    """Every trial's validation curve, and the HParams parallel coordinates view."""
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", "logs"]
+    with serve(command, work) as url:
+        page.goto(f"{url}/?tagFilter=valid%2Fmacro_f1#timeseries")
+        page.get_by_text("valid/macro_f1").first.wait_for(timeout=60_000)
+        unsmoothed_full_width(page)
+        page.wait_for_timeout(3_000)
+        page.screenshot(path=out / "tensorboard-curves.png")
+        page.goto(f"{url}/#hparams")
+        page.get_by_text("PARALLEL COORDINATES VIEW").click(timeout=60_000)
+        page.wait_for_timeout(5_000)
+        page.screenshot(path=out / "tensorboard-hparams.png")
+
+
+def unsmoothed_full_width(page: Page) -> None:
+    """TensorBoard's curves as logged (no smoothing, every point in the chart's range), the
+    card full width, the settings panel closed."""
+    smoothing = page.locator("input.slider-input[type=number]").first
+    smoothing.fill("0")
+    smoothing.dispatch_event("change")
+    smoothing.press("Tab")
+    page.get_by_text("Ignore outliers in chart scaling").click()
+    page.get_by_role("button", name="Close side pane").click()
+    page.get_by_role("button", name="Toggle full size mode").first.click()
+
+
+def shrink(path: Path) -> None:
+    """A screenshot in 256 colours: a UI's few flat colours survive, the file is a third."""
+    with Image.open(path) as picture:
+        small = picture.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
 
 
 def free_port() -> int:
@@ -115,7 +220,7 @@ def serve(command: list[str], work: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
+def wait_until_up(url: str, server: subprocess.Popen[Any]) -> None:
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -126,14 +231,6 @@ def wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"{url} did not answer in {START_SECONDS} s")
-
-
-def shoot(browser: str, url: str, target: Path) -> None:
-    """A 1600x1000 screenshot after the page's scripts have had 20 s of virtual time."""
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    command += ["--window-size=1600,1000", "--virtual-time-budget=20000"]
-    command += [f"--screenshot={target}", url]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
 
 
 if __name__ == "__main__":

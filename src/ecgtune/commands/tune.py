@@ -39,7 +39,13 @@ from ecgtune.commands.common import (
 from ecgtune.config import Config, config_toml
 from ecgtune.console import is_interactive, make_console
 from ecgtune.console.data import data_progress
-from ecgtune.console.search import SearchDisplay, run_header, top_trials_table
+from ecgtune.console.search import (
+    SearchDisplay,
+    browse_commands,
+    run_header,
+    search_outputs,
+    top_trials_table,
+)
 from ecgtune.console.training import metrics_table
 from ecgtune.data import load_dataset
 from ecgtune.data.dataset import Dataset
@@ -65,7 +71,8 @@ from ecgtune.search.store import FRESH, METADATA, TrialStore
 from ecgtune.search.trials import TrialObserver, TrialObserverFanOut, TrialRow, best_row
 from ecgtune.tracking.local_store import artifact_location
 from ecgtune.tracking.mlflow_model import log_model
-from ecgtune.tracking.mlflow_runs import OVERRIDES_TAG, MlflowTracker, MlflowTrials
+from ecgtune.tracking.mlflow_runs import OVERRIDES_TAG, TAG_LIMIT, MlflowTracker, MlflowTrials
+from ecgtune.tracking.mlflow_view import changed_keys, runs_view_state, search_description
 from ecgtune.tracking.tensorboard import TensorBoardTrials, search_tensorboard_root
 
 TOP_TRIALS = 5
@@ -105,6 +112,7 @@ def tune_command(
             dataset = load_dataset(config, data_progress(console))
             header = run_header(config, dataset, *device_and_threads(config), engine.description())
             console.print(header)
+            console.print(f"MLflow runs table: {tracker.runs_url}", soft_wrap=True, markup=False)
             if metadata is None:
                 metadata = start_search(config, identity, tracker, overrides)
                 engine.start(metadata)
@@ -115,6 +123,7 @@ def tune_command(
                 config.tracking.tensorboard_dir, config.tracking.experiment, metadata["search_id"]
             )
             keys = space.searched_keys
+            tracker.set_runs_view(runs_view_state(config.training.objective, keys))
             display = SearchDisplay(
                 console, not quiet and is_interactive(), config, keys, config.tracking.verbose
             )
@@ -140,9 +149,10 @@ def tune_command(
             except Exception as exc:
                 tracker.end_early(parent_id, f"{type(exc).__name__}: {exc}", "FAILED")
                 raise
+        describe_search(config, tracker, parent_id, rows, keys, best)
         tracker.finish(parent_id, parent_metrics(best, len(rows)))
         tracker.log_artifacts(parent_id, [*best.outputs, card])
-        log_model(
+        model = log_model(
             tracker,
             parent_id,
             config.run_dir,
@@ -150,7 +160,12 @@ def tune_command(
             config.tracking.register_model,
             best.test.as_flat_dict(),
         )
-    show_result(config, best, rows, keys, console, time.perf_counter() - started)
+    files = [*best.outputs, card, engine.path]
+    show_result(config, best, rows, keys, console)
+    seconds = time.perf_counter() - started
+    for line in search_outputs(config.run_dir, files, parent_id, model.model_uri, seconds):
+        console.print(line, soft_wrap=True, markup=False)
+    show_browse_commands(config, tracker, console)
     return 0
 
 
@@ -318,12 +333,36 @@ def resume_search(
 
 
 def search_settings(config: Config) -> dict[str, Any]:
-    """The parent run's params: how the search runs (some may change on resume); the Ray
-    engine's settings only for a search it runs."""
+    """The parent run's params: every key that differs from the schema's default, and how
+    the search runs (some may change on resume; the Ray engine's settings only for a search
+    it runs)."""
     ray = config.search.engine == "ray"
     keys = [key for key in SETTINGS_KEYS if ray or key not in ENGINE_KEYS or key == "engine"]
     settings = {f"search.{key}": getattr(config.search, key) for key in keys}
-    return {**settings, "training.objective": config.training.objective}
+    return {**changed_keys(config), **settings, "training.objective": config.training.objective}
+
+
+def show_browse_commands(config: Config, tracker: MlflowTracker, console: Console) -> None:
+    """The commands that open MLflow and TensorBoard, with the runs table's address."""
+    console.print("Browse the search:")
+    uri, logs = config.tracking.mlflow_uri, config.tracking.tensorboard_dir
+    for line in browse_commands(uri, tracker.runs_url, logs):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def describe_search(
+    config: Config,
+    tracker: MlflowTracker,
+    parent_id: str,
+    rows: list[TrialRow],
+    keys: Sequence[str],
+    best: BestTrial,
+) -> None:
+    """The parent run's description: the search's table of trials and the test figures."""
+    links = {number: tracker.run_link(run) for number, run in tracker.trial_runs(parent_id).items()}
+    objective = config.training.objective
+    text = search_description(rows, objective, keys, best.row, links, best.test, TAG_LIMIT)
+    tracker.describe(parent_id, text)
 
 
 def parent_metrics(best: BestTrial, n_trials: int) -> dict[str, float]:
@@ -335,19 +374,9 @@ def parent_metrics(best: BestTrial, n_trials: int) -> dict[str, float]:
 
 
 def show_result(
-    config: Config,
-    best: BestTrial,
-    rows: list[TrialRow],
-    keys: Sequence[str],
-    console: Console,
-    seconds: float,
+    config: Config, best: BestTrial, rows: list[TrialRow], keys: Sequence[str], console: Console
 ) -> None:
-    """Once, at the end: the top trials, the best trial's test figures, the total time and
-    the files written."""
+    """Once, at the end: the top trials and the best trial's test figures."""
     console.print(top_trials_table(rows, config.training.objective, TOP_TRIALS, keys))
     title = f"Best trial {best.row.number} on the test split ({best.test.n_beats:,} beats)"
     console.print(metrics_table(best.test, title=title))
-    minutes, secs = divmod(round(seconds), 60)
-    console.print(f"Done in {minutes} min {secs} s. Results in {config.run_dir}:")
-    for path in best.outputs:
-        console.print(f"  {path.name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -43,6 +44,8 @@ from ecgtune.search.trials import (
 )
 from ecgtune.training import EpochRecord, TrainingObserver
 
+TENSORBOARD_UI = "http://localhost:6006"
+"""Where ``tensorboard`` serves by default."""
 VISIBLE_TRIALS = 12
 """Finished trials the live table shows: the most recent ones, plus the best if older."""
 STATUS_STYLES = {"ok": None, "pruned": "yellow", "failed": "red", "killed": "red"}
@@ -97,6 +100,32 @@ def run_header(config: Config, dataset: Dataset, device: str, threads: int, engi
     table.add_row("MLflow", f"{uri}, open with: mlflow ui --backend-store-uri {uri}")
     table.add_row("TensorBoard", f"{logs}, open with: tensorboard --logdir={logs}")
     return table
+
+
+def browse_commands(tracking_uri: str, runs_url: str, tensorboard_dir: Path) -> list[str]:
+    """The two commands that open what a search recorded, each with the page to open (a
+    tracking server serves its own UI: only the page); whole lines, for the console to print
+    unfolded (a terminal links a URL only in one piece)."""
+    served = tracking_uri.startswith(("http://", "https://"))
+    mlflow = [] if served else [f"  mlflow ui --backend-store-uri {tracking_uri}"]
+    return [
+        *mlflow,
+        f"    then open {runs_url}" if mlflow else f"  open {runs_url}",
+        f"  tensorboard --logdir={tensorboard_dir}",
+        f"    then open {TENSORBOARD_UI}/#hparams (and #timeseries for the curves)",
+    ]
+
+
+def search_outputs(
+    run_dir: Path, files: Sequence[Path], run_id: str, model_uri: str, seconds: float
+) -> list[str]:
+    """The end of a search: its time, every file it wrote, its MLflow run and model."""
+    minutes, secs = divmod(round(seconds), 60)
+    return [
+        f"Done in {minutes} min {secs} s. Files written to {run_dir}:",
+        *(f"  {path.name}" for path in files),
+        f"MLflow: the search's run {run_id}, its model {model_uri}",
+    ]
 
 
 def column_names(keys: Sequence[str]) -> dict[str, str]:

@@ -10,11 +10,15 @@ not apply to its model kind are left out), its full resolved config as the artif
 epoch's figures under ``best_epoch/``, the train split's class counts as ``train_counts/``
 metrics, and a link to its TensorBoard folder. It ends FINISHED, or FAILED/KILLED with the
 reason in the tag ``ecgtune.failure``; a trial's run has its status (ok, pruned, failed,
-killed) in the tag ``ecgtune.status``, and a pruned trial's (FINISHED: it counts with its best
-epoch) the epoch it was ended at in ``ecgtune.pruned_at_epoch``. The parent has the search
-settings as params, the space as the artifact ``search_space.toml``, the best trial's
-validation figures under ``best_trial/`` and the test figures under ``test/``, and the best
-trial's name and run id as tags and as a link in its description.
+killed) in the tag ``ecgtune.status`` and, unless ok, in its name (``trial-003 pruned@2``), and
+a pruned trial's (FINISHED: it counts with its best epoch) the epoch it was ended at in
+``ecgtune.pruned_at_epoch``. The parent has the search settings and every config key that
+differs from the schema's default as params, the space as the artifact
+``search_space.toml``, the best trial's validation figures under ``best_trial/`` and the test
+figures under ``test/``, the best trial's name and run id as tags, and the search's table
+(every trial, linked) with the test figures as its description. The experiment holds the
+runs table's view (:mod:`ecgtune.tracking.mlflow_view`), which :attr:`MlflowTracker.runs_url`
+opens.
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (no fluent "active
 run" state), so a resumed search can reopen its parent run by id. Every call is bounded: over
@@ -42,6 +46,7 @@ from ecgtune.config import Config, config_toml
 from ecgtune.dotted import flatten
 from ecgtune.errors import TrackingError, UserError
 from ecgtune.search.trials import TrialObserver, TrialOutcome, TrialStart
+from ecgtune.tracking.mlflow_view import VIEW_TAG, runs_table_url, trial_run_name
 from ecgtune.tracking.tensorboard import epoch_scalars, trial_tensorboard_dir
 from ecgtune.training import EpochRecord, TrainingObserver, TrainResult
 
@@ -123,6 +128,30 @@ class MlflowTracker:
                     self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
                 )
 
+    @property
+    def runs_url(self) -> str:
+        """The experiment's runs table in ``mlflow ui`` (model-training view, the search's
+        columns)."""
+        return runs_table_url(self.uri, self.experiment_id)
+
+    @bounded
+    def set_runs_view(self, view_state: str) -> None:
+        """The columns :attr:`runs_url` opens the runs table with (the latest search's)."""
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, view_state)
+
+    @bounded
+    def describe(self, run_id: str, markdown: str) -> None:
+        """The run's description in the UI, cut to what MLflow stores."""
+        self._log(run_id, tags={NOTE_TAG: markdown})
+
+    @bounded
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
+    def run_link(self, run_id: str) -> str:
+        """A link from one run's description to another run, relative to the UI."""
+        return f"#/experiments/{self.experiment_id}/runs/{run_id}"
+
     @bounded
     def start_run(
         self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any] | None = None
@@ -180,22 +209,21 @@ class MlflowTracker:
 
     @bounded
     def mark_best_trial(self, parent_id: str, number: int) -> str | None:
-        """Tag the parent with the best trial's name and run id, and link it in the parent's
-        description, so the UI leads from the search to its best trial; returns the run id
-        (None when the trial's run is gone)."""
-        name = f"trial-{number:03d}"
-        best = [
-            run
-            for run in self.children(parent_id)
-            if run.data.tags.get(TRIAL_TAG) == str(number) and run.info.status == "FINISHED"
-        ]
-        tags = {BEST_TRIAL_TAG: name}
-        run_id = str(best[-1].info.run_id) if best else None
-        if run_id is not None:
-            link = f"#/experiments/{self.experiment_id}/runs/{run_id}"
-            tags |= {BEST_RUN_TAG: run_id, NOTE_TAG: f"Best trial: [{name}]({link})"}
-        self._log(parent_id, tags=tags)
+        """Tag the parent with the best trial's name and run id, so the UI leads from the
+        search to its best trial; returns the run id (None when the trial's run is gone)."""
+        run_id = self.trial_runs(parent_id).get(number)
+        tags = {BEST_TRIAL_TAG: f"trial-{number:03d}"}
+        self._log(parent_id, tags=tags | ({BEST_RUN_TAG: run_id} if run_id else {}))
         return run_id
+
+    def trial_runs(self, parent_id: str) -> dict[int, str]:
+        """Trial number -> run id of the parent's trial runs (a trial run again after a
+        killed search: its last run)."""
+        return {
+            int(run.data.tags[TRIAL_TAG]): str(run.info.run_id)
+            for run in self.children(parent_id)
+            if TRIAL_TAG in run.data.tags
+        }
 
     @bounded
     def close_orphans(self, parent_id: str, finished_trials: set[int]) -> list[str]:
@@ -211,6 +239,7 @@ class MlflowTracker:
                 continue
             reason = "the search process ended during this trial; it was run again"
             self._log(run_id, tags={FAILURE_TAG: reason})
+            self.client.update_run(run_id, name=f"{run.info.run_name} killed")
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
             closed.append(run_id)
         return closed
@@ -331,6 +360,8 @@ class MlflowTrials(TrialObserver):
         if run_id is None:  # the trial ended before its run was created
             return
         tags: dict[str, str] = {STATUS_TAG: outcome.row.status}
+        if outcome.row.status != "ok":
+            self.tracker.rename(run_id, trial_run_name(outcome.row))
         if outcome.result is None:
             status = "KILLED" if outcome.row.status == "killed" else "FAILED"
             self.tracker.finish(run_id, failure=outcome.row.note, status=status, tags=tags)
