@@ -329,7 +329,7 @@ def test_the_terminal_shows_a_header_one_column_per_searched_key_and_the_top_tri
     header = printed[: printed.index("trial 0 started")]
     for label in ("experiment", "train split", "valid split", "test split", "device"):
         assert re.search(rf"^{label} +", header, re.MULTILINE), label
-    assert "search-test" in header and "cpu, 1 threads" in header
+    assert "search-test" in header and "cpu, 1 thread" in header
     assert "mlflow ui --backend-store-uri" in header and "tensorboard --logdir=" in header
     columns = next(line for line in printed.splitlines() if line.startswith("┃ #"))
     cells = [cell.strip() for cell in columns.strip("┃ ").split("┃")]

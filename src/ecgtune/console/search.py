@@ -93,7 +93,7 @@ def run_header(config: Config, dataset: Dataset, device: str, threads: int, engi
             f"{c} {n:,}" for c, n in zip(dataset.class_names, counts, strict=True)
         )
         table.add_row(f"{name} split", f"{len(beats):,} beats: {per_class}")
-    table.add_row("device", f"{device}, {threads} threads")
+    table.add_row("device", f"{device}, {plural(threads, 'thread')}")
     table.add_row("engine", engine)
     table.add_row("results", str(config.run_dir))
     uri, logs = config.tracking.mlflow_uri, config.tracking.tensorboard_dir
