@@ -62,6 +62,7 @@ def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path)
     changes the model's output many times more."""
     model, _, _ = load_checkpoint(run_dir / "best_model.pt")
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    momenta = [norm.momentum for norm in batch_norms(model)]  # not in the state_dict
     plain, louder = record_set("119"), record_set("119", gain=3.0)
     unadapted = np.abs(predict_proba(model, plain) - predict_proba(model, louder)).max()
     adapted = np.abs(predict_proba(model, plain, ADAPTED) - predict_proba(model, louder, ADAPTED))
@@ -69,6 +70,7 @@ def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path)
     assert not np.allclose(predict_proba(model, plain, ADAPTED), predict_proba(model, plain))
     after = model.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+    assert [norm.momentum for norm in batch_norms(model)] == momenta == [0.1] * len(momenta)
     assert batch_norms(model) and all(not norm.training for norm in batch_norms(model))
 
 

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ecgtune.metrics import compute_metrics
+from ecgtune.metrics import compute_metrics, improves, minimises
 
 
 def labels_from_confusion(matrix: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,3 +140,28 @@ def test_ectopic_summaries_count_an_absent_class_as_zero_and_need_s_and_v() -> N
     assert flat["sv_f1"] == pytest.approx((2 * 0.75 / 1.75) / 2)
     binary = compute_metrics([0, 1, 1], [0, 1, 0], ["normal", "abnormal"]).as_flat_dict()
     assert "jkappa" not in binary and "sv_f1" not in binary and "kappa" in binary
+
+
+@pytest.mark.parametrize(
+    ("score", "best", "metric", "min_delta", "expected"),
+    [
+        (0.5, 0.5, "macro_f1", 0.0, False),  # a tie keeps the earlier epoch
+        (0.5, 0.5, "loss", 0.0, False),
+        (0.75, 0.5, "macro_f1", 0.25, False),  # a gain of exactly min_delta is not enough
+        (0.25, 0.5, "loss", 0.25, False),
+        (0.875, 0.5, "macro_f1", 0.25, True),
+        (0.125, 0.5, "loss", 0.25, True),
+        (0.25, 0.5, "macro_f1", 0.0, False),  # lower is worse but for the loss
+        (0.75, 0.5, "loss", 0.0, False),
+    ],
+)
+def test_improves_needs_more_than_min_delta_in_the_metrics_direction(
+    score: float, best: float, metric: str, min_delta: float, expected: bool
+) -> None:
+    """Binary fractions, so the gains are exact: a tie at the threshold is no improvement."""
+    assert improves(score, best, metric, min_delta) is expected
+
+
+def test_only_the_loss_is_minimised() -> None:
+    assert minimises("loss")
+    assert not any(minimises(name) for name in ("macro_f1", "kappa", "jkappa", "sv_f1"))
