@@ -109,6 +109,30 @@ def test_inter_validation_records_cover_the_classes_of_ds1(mitdb_dir: Path) -> N
         assert 0.07 < valid.sum() / counts.sum() < 0.14
 
 
+@pytest.mark.parametrize(
+    ("counts", "fraction", "chosen"),
+    [
+        # Record 2 holds every S beat: it stays in train, though validation then lacks S (the
+        # cost alone, or fewest missing from validation first, would take records 1 and 2).
+        ([[100, 0], [90, 0], [0, 10]], 0.5, [0]),
+        # Record 0 alone is nearest 10 % of the beats but has no S beat: record 2 is chosen,
+        # the one of the two S records that leaves train nearer its share.
+        ([[100, 0], [300, 0], [300, 10], [320, 10]], 0.1, [2]),
+        # Costs (classes + 3 x size) of the single records: 2.98, 1.63, 1.83, 1.64; with the
+        # size weighing 1, record 2's class mix (0.78 + 0.35 = 1.13) would win.
+        ([[20, 20, 30], [30, 30, 40], [20, 60, 90], [10, 60, 70]], 0.25, [1]),
+    ],
+    ids=["train-misses-no-class-first", "then-validation", "then-the-size-weighted-cost"],
+)
+def test_the_validation_records_are_chosen_by_missing_classes_then_cost(
+    counts: list[list[int]], fraction: float, chosen: list[int]
+) -> None:
+    """Few records: the seeded orders' prefixes hold every candidate, so no seed changes the
+    choice."""
+    for seed in (0, 1, 2):
+        assert choose_valid_records(np.array(counts), fraction, seed).tolist() == chosen
+
+
 def test_unknown_records_name_the_key_and_the_valid_names(
     small_config: Callable[..., Config],
 ) -> None:

@@ -96,6 +96,12 @@ def test_a_trial_is_scored_out_of_fold_and_keeps_the_ensemble_of_its_fold_models
     expected = compute_metrics(labels, predicted, dataset.class_names)
     for name, value in expected.as_flat_dict().items():
         assert result.best_valid[name] == pytest.approx(value), name
+    losses = np.array([run.best_valid["loss"] for run in runs])
+    sizes = np.array([len(fold.valid) for fold in folds])
+    pooled_loss = float(losses @ sizes / sizes.sum())  # the loss over every out-of-fold beat
+    assert result.best_valid["loss"] == pytest.approx(pooled_loss, rel=1e-12)
+    assert pooled_loss != pytest.approx(losses.mean(), rel=1e-6)  # the folds differ in size
+    assert result.best_epoch == round(float(np.mean([run.best_epoch for run in runs])))
 
     assert isinstance(result.model, Ensemble)
     for member, run in zip(result.model.members, runs, strict=True):

@@ -238,6 +238,34 @@ def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
     assert f": trials[{index}].{expected}" in line, line
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("seconds", -1.0, "-1.0 is not a number of seconds"),
+        ("epochs", -1, "-1 is not a count of epochs"),
+        ("number", -1, "-1 is not a trial number"),
+    ],
+)
+def test_a_saved_row_of_negative_numbers_is_refused_with_its_exact_line(
+    search_copy: Path,
+    mitdb_dir: Path,
+    key: str,
+    value: float,
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = search_config(search_copy, mitdb_dir)
+    saved = read_saved(config)
+    index = best_index(saved)
+    set_result(("row", key), value)(saved)
+    write_saved(config, saved)
+
+    line = refusal(config, search_copy, capsys)
+
+    path = trials_path(config)
+    assert line == f"error: {path}: trials[{index}].result.row.{key} = {expected}; {FRESH}"
+
+
 def test_a_saved_search_without_its_best_checkpoint_is_refused_before_any_trial(
     search_copy: Path, mitdb_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

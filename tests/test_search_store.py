@@ -397,6 +397,49 @@ def test_a_damaged_file_is_refused_with_the_field_named(
     assert expected in refusal(store)
 
 
+def idxs_of_another_trial(saved: dict[str, Any]) -> None:
+    saved["trials"][1]["misc"]["idxs"]["x"] = [4]
+
+
+def idxs_of_true(saved: dict[str, Any]) -> None:
+    saved["trials"][1]["misc"]["idxs"]["x"] = [True]  # equal to [1] in Python, not in JSON
+
+
+def version_zero(saved: dict[str, Any]) -> None:
+    saved["version"] = 0
+
+
+def version_of_text(saved: dict[str, Any]) -> None:
+    saved["version"] = "1"
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (idxs_of_another_trial, "trials[1].misc.idxs.x = [4] is not [] or [1]"),
+        (idxs_of_true, "trials[1].misc.idxs.x = [true] is not [] or [1]"),
+        (version_zero, "version = 0 is not a format version (1, 2, ...)"),
+        (version_of_text, 'version = "1" is not a format version (1, 2, ...)'),
+    ],
+)
+def test_a_damaged_file_is_refused_with_its_exact_line(
+    tmp_path: Path,
+    five_trials: Trials,
+    corrupt: Callable[[dict[str, Any]], None],
+    expected: str,
+) -> None:
+    store = TrialStore(tmp_path)
+    store.save(five_trials)
+    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    corrupt(saved)
+    store.path.write_text(json.dumps(saved), encoding="utf-8")
+
+    assert (
+        refusal(store)
+        == f"{store.path}: {expected}; to start over, use --fresh (it keeps the old file)"
+    )
+
+
 @pytest.mark.parametrize("planted", [["trials.pkl"], ["trials.pkl", "trials.json"]])
 def test_tune_refuses_planted_files_without_running_them(
     tmp_path: Path, small_config: Callable[..., Config], planted: list[str]
