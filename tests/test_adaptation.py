@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ecgtune.cli import main
 from ecgtune.config import Config, InferenceConfig, validate_config
 from ecgtune.data.build import pool_record_beats
 from ecgtune.data.dataset import BeatSet
 from ecgtune.errors import ConfigError
-from ecgtune.models.adapt import batch_norms
+from ecgtune.models.adapt import batch_norms, record_statistics
 from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.training import predict, predict_proba
 
@@ -53,6 +54,42 @@ def record_set(*records: str, gain: float = 1.0) -> BeatSet:
     parts = [beats_of(find_mitdb_dir(), record) for record in records]
     pooled = pool_record_beats(parts)
     return BeatSet(pooled.signals * np.float32(gain), pooled.labels, pooled.rr, pooled.records)
+
+
+class MeanAndFirstRR(nn.Module):
+    """One batch norm over two features of a beat: its mean sample and its first RR column."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, signals: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = self.norm(features_of(signals, rr))
+        return output
+
+
+def features_of(signals: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+    return torch.cat([signals.mean(dim=(1, 2))[:, None], rr[:, :1]], dim=1)
+
+
+def test_record_statistics_are_the_beats_mean_and_the_chunks_variance() -> None:
+    """10 beats in chunks of 4, 4 and 2: the mean is every beat's, the variance the chunks'
+    own (unbiased, as batch norm keeps it), weighted by their beats; afterwards the model's
+    statistics and momentum are as they were."""
+    model = MeanAndFirstRR()
+    model.norm.running_mean.fill_(5.0)
+    generator = torch.Generator().manual_seed(0)
+    signals, rr = torch.randn(10, 1, 8, generator=generator), torch.rand(10, 3, generator=generator)
+    features = features_of(signals, rr)
+    variance = sum(len(chunk) * chunk.var(dim=0) for chunk in features.split(4)) / 10
+
+    with record_statistics(model, signals, rr, batch_size=4) as adapted:
+        assert adapted is model and not model.training and not model.norm.training
+        assert torch.allclose(model.norm.running_mean, features.mean(dim=0), atol=1e-6)
+        assert torch.allclose(model.norm.running_var, variance, atol=1e-6)
+
+    assert model.norm.running_mean.tolist() == [5.0, 5.0]
+    assert model.norm.running_var.tolist() == [1.0, 1.0] and model.norm.momentum == 0.1
 
 
 def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path) -> None:
