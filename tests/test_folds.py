@@ -80,6 +80,7 @@ def test_an_ensemble_is_the_log_of_its_members_mean_probabilities() -> None:
     assert (ensemble.in_channels, ensemble.rr_features) == (1, "rhythm")
     assert torch.equal(ensemble.rr_index, members[0].rr_index) and member_count(ensemble) == 3
     assert member_count(members[0]) == 1
+    assert not [key for key in ensemble.state_dict() if "rr_index" in key]  # from the config
     signals, rr = torch.randn(4, 1, 187), torch.rand(4, len(RR_COLUMNS))
     with torch.no_grad():
         mean = torch.stack([member(signals, rr).softmax(dim=1) for member in members]).mean(0)
