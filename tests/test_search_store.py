@@ -27,7 +27,7 @@ from hyperopt.fmin import generate_trials_to_calculate
 from ecgtune.config import Config
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.search.loop import check_same_search, search_identity
-from ecgtune.search.store import METADATA, TrialStore
+from ecgtune.search.store import METADATA, TrialStore, json_value
 from tests.conftest import REPO_ROOT
 
 SPACE = {"x": hp.uniform("x", -3, 3), "kind": hp.choice("kind", ["good", "plain", "bad"])}
@@ -127,8 +127,10 @@ def test_the_file_is_plain_json_with_a_format_marker(tmp_path: Path, five_trials
     store = TrialStore(tmp_path)
     store.save(five_trials)
 
-    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    text = store.path.read_text(encoding="utf-8")
+    saved = json.loads(text)
 
+    assert text.startswith('{\n "format": "ecgtune-trials",\n "version": 1,\n')  # indented 1
     assert store.path == tmp_path / "trials.json"
     assert (saved["format"], saved["version"]) == ("ecgtune-trials", 1)
     assert saved["attachments"] == {METADATA: METADATA_VALUE}
@@ -405,6 +407,21 @@ def idxs_of_true(saved: dict[str, Any]) -> None:
     saved["trials"][1]["misc"]["idxs"]["x"] = [True]  # equal to [1] in Python, not in JSON
 
 
+def set_at(*path: str | int, value: Any = None, delete: bool = False) -> Callable[..., None]:
+    """Plants ``value`` at ``path`` of the saved file (or deletes the key there)."""
+
+    def plant(saved: dict[str, Any]) -> None:
+        target = saved
+        for key in path[:-1]:
+            target = target[key]
+        if delete:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+
+    return plant
+
+
 def version_zero(saved: dict[str, Any]) -> None:
     saved["version"] = 0
 
@@ -420,6 +437,32 @@ def version_of_text(saved: dict[str, Any]) -> None:
         (idxs_of_true, "trials[1].misc.idxs.x = [true] is not [] or [1]"),
         (version_zero, "version = 0 is not a format version (1, 2, ...)"),
         (version_of_text, 'version = "1" is not a format version (1, 2, ...)'),
+        (set_at("trials", 2, value=5), "trials[2] = 5 is not an object"),
+        (set_at("trials", 1, "tid", value=-1), "trials[1].tid = -1 is not a trial number"),
+        (set_at("trials", 1, "misc", value=[]), "trials[1].misc = [] is not an object"),
+        (set_at("trials", 1, "misc", "cmd", delete=True), "trials[1].misc.cmd is missing"),
+        (set_at("trials", 1, "misc", "idxs", delete=True), "trials[1].misc.idxs is missing"),
+        (
+            set_at("trials", 1, "misc", "idxs", value=[]),
+            "trials[1].misc.idxs = [] is not an object",
+        ),
+        (set_at("trials", 1, "misc", "vals", delete=True), "trials[1].misc.vals is missing"),
+        (
+            set_at("trials", 1, "misc", "vals", "x", value=[0.5, 0.5]),
+            "trials[1].misc.vals.x = [0.5, 0.5] is not a list as long as idxs.x",
+        ),
+        (
+            set_at("trials", 1, "misc", "vals", "x", value=0.5),
+            "trials[1].misc.vals.x = 0.5 is not a list as long as idxs.x",
+        ),
+        (  # a value of 60 characters is written whole, a longer one cut to 57 and "..."
+            set_at("trials", 1, "exp_key", value="k" * 58),
+            f'trials[1].exp_key = "{"k" * 58}" is not null',
+        ),
+        (
+            set_at("trials", 1, "exp_key", value="k" * 59),
+            f'trials[1].exp_key = "{"k" * 56}... is not null',
+        ),
     ],
 )
 def test_a_damaged_file_is_refused_with_its_exact_line(
@@ -438,6 +481,22 @@ def test_a_damaged_file_is_refused_with_its_exact_line(
         refusal(store)
         == f"{store.path}: {expected}; to start over, use --fresh (it keeps the old file)"
     )
+
+
+def test_a_value_json_cannot_hold_is_named() -> None:
+    with pytest.raises(TypeError, match=r"^set \{1\} cannot be saved in trials\.json$"):
+        json_value({1})
+
+
+def test_no_best_trial_keeps_no_checkpoint(tmp_path: Path) -> None:
+    store = TrialStore(tmp_path)
+    store.checkpoints.mkdir()
+    for number in (1, 2):
+        store.checkpoint(number).write_bytes(b"model")
+    store.keep_only_checkpoint(2)
+    assert [path.name for path in store.checkpoints.iterdir()] == ["trial-002.pt"]
+    store.keep_only_checkpoint(None)
+    assert not list(store.checkpoints.iterdir())
 
 
 @pytest.mark.parametrize("planted", [["trials.pkl"], ["trials.pkl", "trials.json"]])
