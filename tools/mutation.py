@@ -3,6 +3,7 @@ cover it, one module at a time, the score per module printed at the end.
 
     python tools/mutation.py                       # every core module, smallest first
     python tools/mutation.py metrics data/splits   # some of them
+    python tools/mutation.py --retest metrics      # its survivors again, after new tests
     python tools/mutation.py --report              # the scores of the runs already made
 
 Not part of CI (it runs the covering tests once per mutant): run it before changing a core
@@ -11,7 +12,8 @@ equivalent. Each module gets its own folder ``.mutation/<module>/`` (git-ignored
 ``src``, ``tests`` and ``hypertune.py``, a ``pyproject.toml`` with the ``[tool.mutmut]`` table
 for that module (only it mutated, only its tests run), mutmut's own ``mutants/`` working copy
 and ``run.log``, its output. mutmut keeps its results there: a run that is stopped resumes
-where it was, and ``mutmut results`` / ``mutmut show NAME`` / ``mutmut apply NAME`` work inside the folder.
+where it was, and ``mutmut results``, ``mutmut show NAME`` and ``mutmut apply NAME`` work
+inside the folder.
 """
 
 from __future__ import annotations
@@ -84,12 +86,17 @@ def prepare(module: str) -> Path:
     return folder
 
 
-def run(module: str, max_children: int) -> None:
+def run(module: str, max_children: int, retest: bool) -> None:
     """``mutmut run`` in the module's folder, with ``ecgtune`` imported from mutmut's copy
-    (PYTHONPATH would put the unmutated source first)."""
+    (PYTHONPATH would put the unmutated source first): the mutants not yet tested, or with
+    ``retest`` the ones that were not killed (after tests were added for them)."""
     folder = prepare(module)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    if retest:
+        command += [
+            name for name, status in (statuses(module) or {}).items() if status not in KILLED
+        ]
     print(f"== {module}: {' '.join(CORE_TESTS[module])} (mutmut's output: {folder}/run.log)")
     with (folder / "run.log").open("w", encoding="utf-8") as log:
         subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -127,6 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(CORE_TESTS))
     parser.add_argument("--report", action="store_true", help="print the scores, run nothing")
+    parser.add_argument(
+        "--retest", action="store_true", help="run the mutants that survived again (new tests)"
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     if unknown := sorted(set(args.modules) - set(CORE_TESTS)):
@@ -134,7 +144,7 @@ def main() -> None:
     modules = args.modules or list(CORE_TESTS)
     if not args.report:
         for module in modules:
-            run(module, args.max_children)
+            run(module, args.max_children, args.retest)
     report(modules)
 
 
