@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -98,8 +99,10 @@ def run(module: str, max_children: int, retest: bool) -> None:
             name for name, status in (statuses(module) or {}).items() if status not in KILLED
         ]
     print(f"== {module}: {' '.join(CORE_TESTS[module])} (mutmut's output: {folder}/run.log)")
+    started = time.perf_counter()
     with (folder / "run.log").open("w", encoding="utf-8") as log:
         subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"   {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def statuses(module: str) -> dict[str, str] | None:
