@@ -91,8 +91,8 @@ def test_too_few_beats_to_stratify_falls_back_to_a_plain_shuffle() -> None:
 
 
 def test_train_files_with_their_own_test_set_carve_only_validation() -> None:
-    split = carve_given_test(np.array([0] * 6 + [1] * 2), valid_fraction=0.25, seed=0)
-    assert (split.train.tolist(), split.valid.tolist()) == ([1, 2, 3, 4, 6, 7], [0, 5])
+    split = carve_given_test(np.array([0] * 6 + [1] * 2), valid_fraction=0.5, seed=0)
+    assert (split.train.tolist(), split.valid.tolist()) == ([1, 2, 5, 6], [0, 3, 4, 7])
     assert split.test.size == 0 and split.test.dtype == np.intp
 
 
