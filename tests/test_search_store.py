@@ -455,6 +455,25 @@ def version_of_text(saved: dict[str, Any]) -> None:
             set_at("trials", 1, "misc", "vals", "x", value=0.5),
             "trials[1].misc.vals.x = 0.5 is not a list as long as idxs.x",
         ),
+        (set_at("attachments", value=[]), "attachments = [] is not an object"),
+        (set_at("trials", value={}), "trials = {} is not a list"),
+        (
+            set_at("attachments", METADATA, "identity", value=[]),
+            "attachments.ecgtune.identity = [] is not an object",
+        ),
+        (set_at("trials", 1, "version", value="1"), 'trials[1].version = "1" is not an integer'),
+        (
+            set_at("trials", 1, "result", value=[]),
+            "trials[1].result = [] is not an object with a status of new/running/suspended/ok/fail",
+        ),
+        (
+            set_at("trials", 1, "result", "curve", value=[float("nan")]),
+            "trials[1].result.curve = [NaN] is not a list of finite numbers (one per epoch)",
+        ),
+        (
+            set_at("trials", 1, "result", "curve", value="0.5"),
+            'trials[1].result.curve = "0.5" is not a list of finite numbers (one per epoch)',
+        ),
         (  # a value of 60 characters is written whole, a longer one cut to 57 and "..."
             set_at("trials", 1, "exp_key", value="k" * 58),
             f'trials[1].exp_key = "{"k" * 58}" is not null',
@@ -481,6 +500,16 @@ def test_a_damaged_file_is_refused_with_its_exact_line(
         refusal(store)
         == f"{store.path}: {expected}; to start over, use --fresh (it keeps the old file)"
     )
+
+
+def test_an_empty_saved_search_numbers_its_first_trial_0(tmp_path: Path) -> None:
+    store = TrialStore(tmp_path)
+    store.save(new_search())
+    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    saved["trials"] = []
+    store.path.write_text(json.dumps(saved), encoding="utf-8")
+    trials = store.load()
+    assert trials is not None and trials.new_trial_ids(1) == [0]
 
 
 def test_a_value_json_cannot_hold_is_named() -> None:
