@@ -77,19 +77,22 @@ def test_record_statistics_are_the_beats_mean_and_the_chunks_variance() -> None:
     own (unbiased, as batch norm keeps it), weighted by their beats; afterwards the model's
     statistics and momentum are as they were."""
     model = MeanAndFirstRR()
-    model.norm.running_mean.fill_(5.0)
+    mean, var = model.norm.running_mean, model.norm.running_var  # updated in place
+    assert mean is not None and var is not None
+    mean.fill_(5.0)
     generator = torch.Generator().manual_seed(0)
     signals, rr = torch.randn(10, 1, 8, generator=generator), torch.rand(10, 3, generator=generator)
     features = features_of(signals, rr)
-    variance = sum(len(chunk) * chunk.var(dim=0) for chunk in features.split(4)) / 10
+    chunks = [features[start : start + 4] for start in range(0, 10, 4)]
+    variance = torch.stack([len(chunk) * chunk.var(dim=0) for chunk in chunks]).sum(dim=0) / 10
 
     with record_statistics(model, signals, rr, batch_size=4) as adapted:
         assert adapted is model and not model.training and not model.norm.training
-        assert torch.allclose(model.norm.running_mean, features.mean(dim=0), atol=1e-6)
-        assert torch.allclose(model.norm.running_var, variance, atol=1e-6)
+        assert torch.allclose(mean, features.mean(dim=0), atol=1e-6)
+        assert torch.allclose(var, variance, atol=1e-6)
 
-    assert model.norm.running_mean.tolist() == [5.0, 5.0]
-    assert model.norm.running_var.tolist() == [1.0, 1.0] and model.norm.momentum == 0.1
+    assert mean.tolist() == [5.0, 5.0]
+    assert var.tolist() == [1.0, 1.0] and model.norm.momentum == 0.1
 
 
 def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path) -> None:

@@ -122,8 +122,8 @@ def test_inter_validation_records_cover_the_classes_of_ds1(mitdb_dir: Path) -> N
         train = counts.sum(axis=0) - valid
         assert (valid > 0).all() and (train > 0).all()
         assert 0.07 < valid.sum() / counts.sum() < 0.14
-    chosen = {seed: [DS1[i] for i in choose_valid_records(counts, 0.1, seed)] for seed in (1, 123)}
-    assert chosen == {1: ["101", "223"], 123: ["101", "124", "223"]}
+    by_seed = {seed: [DS1[i] for i in choose_valid_records(counts, 0.1, seed)] for seed in (1, 123)}
+    assert by_seed == {1: ["101", "223"], 123: ["101", "124", "223"]}
 
 
 def test_inter_split_takes_whole_records_by_their_own_class_counts() -> None:

@@ -411,7 +411,7 @@ def set_at(*path: str | int, value: Any = None, delete: bool = False) -> Callabl
     """Plants ``value`` at ``path`` of the saved file (or deletes the key there)."""
 
     def plant(saved: dict[str, Any]) -> None:
-        target = saved
+        target: Any = saved
         for key in path[:-1]:
             target = target[key]
         if delete:
