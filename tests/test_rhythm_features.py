@@ -124,10 +124,13 @@ def test_qrs_width_is_exact_on_triangular_complexes() -> None:
     """Half-width h (4 or more): the central slope is 1 on the ramps, 1/2 at their feet, 0 at
     the peak; smoothed over 3 samples (0.024 s at 125 Hz) it peaks at 1, is 1/2 at the feet
     and 1/6 one sample further, below the 0.2 threshold: 2h + 1 samples are steep."""
-    lead, annotations = triangle_lead([5, 10, 7])
+    lead, annotations = triangle_lead([5, 10, 7, 5, 5])
+    fourth, fifth = annotations.samples[3:]
+    lead.signal[fourth + 12 :] += 0.5  # a slope of 1/4 over two samples, 1/6 once smoothed
+    lead.signal[fifth + 21 :] += 1.0  # steep from sample 20 after the peak, past the 19 searched
     beats = segment_record("triangles", [lead], annotations, DataConfig())
     widths = beats.rr[:, RR_COLUMNS.index("qrs_width")]
-    np.testing.assert_allclose(widths, np.array([11, 21, 15]) / 125, rtol=1e-6)
+    np.testing.assert_allclose(widths, np.array([11, 21, 15, 11, 11]) / 125, rtol=1e-6)
 
 
 def test_previous_by_next_is_low_for_a_premature_beat_with_its_pause() -> None:
