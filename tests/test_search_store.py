@@ -457,6 +457,11 @@ def version_of_text(saved: dict[str, Any]) -> None:
         ),
         (set_at("attachments", value=[]), "attachments = [] is not an object"),
         (set_at("trials", value={}), "trials = {} is not a list"),
+        (set_at("attachments", METADATA, value=[]), "attachments.ecgtune = [] is not an object"),
+        (
+            set_at("trials", 1, "misc", "vals", value=[]),
+            "trials[1].misc.vals = [] is not an object",
+        ),
         (
             set_at("attachments", METADATA, "identity", value=[]),
             "attachments.ecgtune.identity = [] is not an object",
