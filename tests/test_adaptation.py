@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ecgtune.cli import main
 from ecgtune.config import Config, InferenceConfig, validate_config
 from ecgtune.data.build import pool_record_beats
 from ecgtune.data.dataset import BeatSet
 from ecgtune.errors import ConfigError
-from ecgtune.models.adapt import batch_norms
+from ecgtune.models.adapt import batch_norms, record_statistics
 from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.training import predict, predict_proba
 
@@ -55,6 +56,45 @@ def record_set(*records: str, gain: float = 1.0) -> BeatSet:
     return BeatSet(pooled.signals * np.float32(gain), pooled.labels, pooled.rr, pooled.records)
 
 
+class MeanAndFirstRR(nn.Module):
+    """One batch norm over two features of a beat: its mean sample and its first RR column."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(2)
+
+    def forward(self, signals: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+        output: torch.Tensor = self.norm(features_of(signals, rr))
+        return output
+
+
+def features_of(signals: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
+    return torch.cat([signals.mean(dim=(1, 2))[:, None], rr[:, :1]], dim=1)
+
+
+def test_record_statistics_are_the_beats_mean_and_the_chunks_variance() -> None:
+    """10 beats in chunks of 4, 4 and 2: the mean is every beat's, the variance the chunks'
+    own (unbiased, as batch norm keeps it), weighted by their beats; afterwards the model's
+    statistics and momentum are as they were."""
+    model = MeanAndFirstRR()
+    mean, var = model.norm.running_mean, model.norm.running_var  # updated in place
+    assert mean is not None and var is not None
+    mean.fill_(5.0)
+    generator = torch.Generator().manual_seed(0)
+    signals, rr = torch.randn(10, 1, 8, generator=generator), torch.rand(10, 3, generator=generator)
+    features = features_of(signals, rr)
+    chunks = [features[start : start + 4] for start in range(0, 10, 4)]
+    variance = torch.stack([len(chunk) * chunk.var(dim=0) for chunk in chunks]).sum(dim=0) / 10
+
+    with record_statistics(model, signals, rr, batch_size=4) as adapted:
+        assert adapted is model and not model.training and not model.norm.training
+        assert torch.allclose(mean, features.mean(dim=0), atol=1e-6)
+        assert torch.allclose(var, variance, atol=1e-6)
+
+    assert mean.tolist() == [5.0, 5.0]
+    assert var.tolist() == [1.0, 1.0] and model.norm.momentum == 0.1
+
+
 def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path) -> None:
     """A gain on the beats a model sees (another amplifier, a beat normalisation the model was
     not trained with) is removed exactly by the first batch-norm after a convolution once its
@@ -62,6 +102,7 @@ def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path)
     changes the model's output many times more."""
     model, _, _ = load_checkpoint(run_dir / "best_model.pt")
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    momenta = [norm.momentum for norm in batch_norms(model)]  # not in the state_dict
     plain, louder = record_set("119"), record_set("119", gain=3.0)
     unadapted = np.abs(predict_proba(model, plain) - predict_proba(model, louder)).max()
     adapted = np.abs(predict_proba(model, plain, ADAPTED) - predict_proba(model, louder, ADAPTED))
@@ -69,6 +110,7 @@ def test_adapted_statistics_remove_a_record_gain_and_are_put_back(run_dir: Path)
     assert not np.allclose(predict_proba(model, plain, ADAPTED), predict_proba(model, plain))
     after = model.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+    assert [norm.momentum for norm in batch_norms(model)] == momenta == [0.1] * len(momenta)
     assert batch_norms(model) and all(not norm.training for norm in batch_norms(model))
 
 

@@ -3,6 +3,7 @@ a trial scored on its out-of-fold predictions, and the kept model trained as wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,19 @@ import torch
 
 from ecgtune.commands.export import export_command
 from ecgtune.commands.tune import tune_command
-from ecgtune.config import Config
+from ecgtune.config import Config, validate_config
 from ecgtune.data import load_dataset
+from ecgtune.data.beats import RR_COLUMNS
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.export.onnx import ONNX_NAME, OnnxClassifier
 from ecgtune.metrics import compute_metrics
-from ecgtune.models.ensemble import Ensemble
+from ecgtune.models import BeatClassifier, build_model
+from ecgtune.models.ensemble import Ensemble, member_count
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ecgtune.search.folds import cross_validate, fold_datasets, record_folds
 from ecgtune.training import EpochRecord, TrainingObserver, predict, predict_proba, train_model
-from tests.conftest import run_hypertune
+from tests.conftest import TINY_CNN, run_hypertune
 from tests.search_helpers import mlflow_runs, results
 
 DS1_RECORDS = ["101", "106", "109", "118", "119", "124", "201", "203", "208", "223"]
@@ -58,6 +61,42 @@ class Epochs(TrainingObserver):
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         self.records.append(record)
+
+
+def tiny_members(count: int) -> list[BeatClassifier]:
+    """``count`` untrained tiny CNNs reading the rhythm RR columns (seeded: different)."""
+    config = validate_config(
+        {"data": {"split": "inter"}, "model": {**TINY_CNN, "rr_features": "rhythm"}}
+    )
+    torch.manual_seed(0)
+    return [build_model(config, 3) for _ in range(count)]
+
+
+def test_an_ensemble_is_the_log_of_its_members_mean_probabilities() -> None:
+    members = tiny_members(3)
+    ensemble = Ensemble(members).eval()
+    assert (ensemble.in_channels, ensemble.rr_features) == (1, "rhythm")
+    assert torch.equal(ensemble.rr_index, members[0].rr_index) and member_count(ensemble) == 3
+    assert member_count(members[0]) == 1
+    assert not [key for key in ensemble.state_dict() if "rr_index" in key]  # from the config
+    signals, rr = torch.randn(4, 1, 187), torch.rand(4, len(RR_COLUMNS))
+    with torch.no_grad():
+        mean = torch.stack([member(signals, rr).softmax(dim=1) for member in members]).mean(0)
+        assert torch.allclose(ensemble(signals, rr), mean.log(), atol=1e-6)
+        for member in members:  # every member sure of class 0: the others' log stays finite
+            member.head[-1].bias.data = torch.tensor([1e3, -1e3, -1e3])
+        floor = torch.full((4, 2), math.log(1e-12))
+        assert torch.allclose(ensemble(signals, rr)[:, 1:], floor, atol=1e-5)
+
+
+def test_an_ensemble_holds_2_to_10_classifiers() -> None:
+    members = tiny_members(11)
+    assert member_count(Ensemble(members[:2])) == 2 and member_count(Ensemble(members[:10])) == 10
+    for count in (1, 11):
+        with pytest.raises(ValueError, match=rf"^an ensemble holds 2 to 10 models, got {count}$"):
+            Ensemble(members[:count])
+    with pytest.raises(TypeError, match=r"^an ensemble holds ecgtune BeatClassifiers only$"):
+        Ensemble([members[0], torch.nn.Linear(2, 2)])
 
 
 def test_folds_hold_whole_records_and_cover_every_beat_once(dataset: Dataset) -> None:
@@ -95,6 +134,12 @@ def test_a_trial_is_scored_out_of_fold_and_keeps_the_ensemble_of_its_fold_models
     expected = compute_metrics(labels, predicted, dataset.class_names)
     for name, value in expected.as_flat_dict().items():
         assert result.best_valid[name] == pytest.approx(value), name
+    losses = np.array([run.best_valid["loss"] for run in runs])
+    sizes = np.array([len(fold.valid) for fold in folds])
+    pooled_loss = float(losses @ sizes / sizes.sum())  # the loss over every out-of-fold beat
+    assert result.best_valid["loss"] == pytest.approx(pooled_loss, rel=1e-12)
+    assert pooled_loss != pytest.approx(losses.mean(), rel=1e-6)  # the folds differ in size
+    assert result.best_epoch == round(float(np.mean([run.best_epoch for run in runs])))
 
     assert isinstance(result.model, Ensemble)
     for member, run in zip(result.model.members, runs, strict=True):

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ecgtune.metrics import compute_metrics
+from ecgtune.metrics import ClassMetrics, compute_metrics, improves, minimises
 
 
 def labels_from_confusion(matrix: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,11 +123,61 @@ def test_json_holds_the_matrix_and_every_class() -> None:
         "specificity": 1.0,
     }
     assert report["n_beats"] == 4
+    assert list(report) == [
+        "n_beats",
+        "accuracy",
+        "balanced_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "kappa",
+        "jkappa",
+        "sv_f1",
+        "macro_average_over",
+        "absent_classes",
+        "per_class",
+        "aami",
+        "class_names",
+        "confusion_matrix",
+        "confusion_matrix_orientation",
+    ]
+    assert report["accuracy"] == 0.75
+    assert report["balanced_accuracy"] == report["macro_recall"] == pytest.approx(5 / 6)
+    assert report["macro_precision"] == pytest.approx(5 / 6)
+    assert report["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert report["kappa"] == pytest.approx((0.75 - 5 / 16) / (1 - 5 / 16))
+    assert report["macro_average_over"] == "classes present in the true labels"
+    assert report["absent_classes"] == []
+    assert report["aami"] == {"se_S": 0.5, "ppv_S": 1.0, "se_V": 1.0, "ppv_V": 0.5}
+    assert report["confusion_matrix_orientation"] == "rows: true class, columns: predicted class"
 
 
 def test_empty_split_is_an_error() -> None:
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"^no beats to evaluate: the split is empty$"):
         compute_metrics(np.array([], dtype=np.int64), np.array([], dtype=np.int64), ["N", "S"])
+
+
+def test_one_beat_of_one_class_has_no_specificity_and_every_class_its_row() -> None:
+    """All beats N: N has no negatives, so no specificity; S and V, in neither labels nor
+    predictions, still have their row and column of the matrix (of integers)."""
+    metrics = compute_metrics([0], [0], ["N", "S", "V"])
+    assert metrics.confusion.tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    assert metrics.confusion.dtype == np.int64
+    assert metrics.per_class[0] == ClassMetrics("N", 1, 1, 1.0, 1.0, 1.0, None)
+    assert metrics.absent_classes == ("S", "V")
+    assert metrics.as_flat_dict() == {
+        "macro_f1": 1.0,
+        "macro_precision": 1.0,
+        "macro_recall": 1.0,
+        "accuracy": 1.0,
+        "balanced_accuracy": 1.0,
+        "kappa": 0.0,
+        "jkappa": 0.0,
+        "sv_f1": 0.0,
+        "precision_N": 1.0,
+        "recall_N": 1.0,
+        "f1_N": 1.0,
+    }
 
 
 def test_ectopic_summaries_count_an_absent_class_as_zero_and_need_s_and_v() -> None:
@@ -138,5 +188,39 @@ def test_ectopic_summaries_count_an_absent_class_as_zero_and_need_s_and_v() -> N
     kappa = compute_metrics(y_true, y_pred, ["N", "S", "V"]).kappa
     assert flat["jkappa"] == pytest.approx(kappa / 2 + (3 / 4 + 1.0) / 8)
     assert flat["sv_f1"] == pytest.approx((2 * 0.75 / 1.75) / 2)
+    no_v = compute_metrics([0, 1, 1], [0, 1, 0], ["N", "S", "V"]).as_flat_dict()
+    assert no_v["sv_f1"] == pytest.approx((2 * 0.5 / 1.5) / 2)  # V's F1 counts 0
+    only_s_and_v = compute_metrics([0, 1], [0, 1], ["S", "V"]).as_flat_dict()
+    assert (only_s_and_v["jkappa"], only_s_and_v["sv_f1"]) == (1.0, 1.0)
     binary = compute_metrics([0, 1, 1], [0, 1, 0], ["normal", "abnormal"]).as_flat_dict()
     assert "jkappa" not in binary and "sv_f1" not in binary and "kappa" in binary
+
+
+@pytest.mark.parametrize(
+    ("score", "best", "metric", "min_delta", "expected"),
+    [
+        (0.5, 0.5, "macro_f1", 0.0, False),  # a tie keeps the earlier epoch
+        (0.5, 0.5, "loss", 0.0, False),
+        (0.75, 0.5, "macro_f1", 0.25, False),  # a gain of exactly min_delta is not enough
+        (0.25, 0.5, "loss", 0.25, False),
+        (0.875, 0.5, "macro_f1", 0.25, True),
+        (0.125, 0.5, "loss", 0.25, True),
+        (0.25, 0.5, "macro_f1", 0.0, False),  # lower is worse but for the loss
+        (0.75, 0.5, "loss", 0.0, False),
+    ],
+)
+def test_improves_needs_more_than_min_delta_in_the_metrics_direction(
+    score: float, best: float, metric: str, min_delta: float, expected: bool
+) -> None:
+    """Binary fractions, so the gains are exact: a tie at the threshold is no improvement."""
+    assert improves(score, best, metric, min_delta) is expected
+
+
+def test_improves_by_default_on_any_gain() -> None:
+    assert improves(0.5 + 2**-20, 0.5, "macro_f1")
+    assert improves(0.5 - 2**-20, 0.5, "loss")
+
+
+def test_only_the_loss_is_minimised() -> None:
+    assert minimises("loss")
+    assert not any(minimises(name) for name in ("macro_f1", "kappa", "jkappa", "sv_f1"))

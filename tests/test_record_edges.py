@@ -20,9 +20,9 @@ import pytest
 import wfdb
 
 from ecgtune.cli import main
-from ecgtune.config import validate_config
+from ecgtune.config import DataConfig, validate_config
 from ecgtune.data.beats import LONE, RR_COLUMNS, segment_record
-from ecgtune.data.records import Annotations, read_annotations, read_named_leads
+from ecgtune.data.records import Annotations, Lead, read_annotations, read_named_leads
 
 from .conftest import find_mitdb_dir, run_hypertune
 from .test_evaluate_database import reference_beats, train_tiny_run
@@ -263,3 +263,23 @@ def test_segment_record_counts_each_reason_and_keeps_every_other_beat() -> None:
     own_intervals = [RR_COLUMNS.index(name) for name in RR_OWN_INTERVALS]
     np.testing.assert_array_equal(beats.rr[:-1, own_intervals], clean.rr[:-1, own_intervals])
     np.testing.assert_allclose(beats.rr[:-1], clean.rr[:-1], rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    ("samples", "kept", "skipped"),
+    [
+        ([4, 400, 800, 3595], [4, 400, 800, 3595], {}),
+        ([3, 400, 800, 3596], [400, 800], {"window past the edge": 2}),
+    ],
+    ids=["just-inside", "just-outside"],
+)
+def test_the_edge_margin_is_exact_at_both_ends(
+    samples: list[int], kept: list[int], skipped: dict[str, int]
+) -> None:
+    """10 s at 360 Hz: EDGE_SECONDS is round(3.6) = 4 samples, so sample 4 and sample 3595
+    (3600 - 4 - 1) are the first and last R peaks kept."""
+    lead = Lead(signal=np.random.default_rng(0).normal(size=3600), fs=360.0, name="MLII")
+    annotations = Annotations(np.array(samples), np.array(["N"] * len(samples)))
+    beats = segment_record("edges", [lead], annotations, DataConfig())
+    assert beats.samples.tolist() == kept
+    assert beats.skipped == skipped

@@ -87,6 +87,52 @@ def test_the_robust_reference_ignores_a_run_of_premature_beats() -> None:
     assert reference("long") == pytest.approx(1.0, rel=1e-5)
 
 
+def test_the_long_reference_is_the_robust_mean_over_rr_long_seconds() -> None:
+    """40 s of a 1 s rhythm, a premature beat (0.5 s) and its pause (1.5 s), 5 s more, then 21
+    intervals of 0.95 s; references of 10 s and 30 s. After the last 0.95 s interval, its 10 s
+    hold 11 intervals of 0.95 s; its 30 s hold the 21 of 0.95 s, 5 + 4 of 1 s, the pause and
+    the premature interval, which the long reference leaves out: 30.45 s over 31 intervals
+    (with it, 30.95 / 32; over the 10 s, 0.95)."""
+    intervals = [1.0] * 40 + [0.5, 1.5] + [1.0] * 5 + [0.95] * 21
+    lead, annotations = synthetic_rhythm(intervals)
+    config = DataConfig(rr_local_seconds=10.0, rr_long_seconds=30.0)
+    rr = segment_record("synthetic", [lead], annotations, config).rr
+    last = rr[len(intervals)]  # its previous interval is the last 0.95 s
+
+    def reference(name: str) -> float:
+        return float(last[RR_COLUMNS.index("rr_previous")] / last[RR_COLUMNS.index(name)])
+
+    assert reference("rr_previous_by_long") == pytest.approx(30.45 / 31, rel=1e-6)
+    assert reference("rr_previous_by_robust") == pytest.approx(0.95, rel=1e-6)
+    assert reference("rr_previous_by_seconds") == pytest.approx(0.95, rel=1e-6)
+    assert reference("rr_previous_by_local") == pytest.approx(0.95, rel=1e-6)  # the last 10
+
+
+def triangle_lead(half_widths: list[int], gap: int = 100) -> tuple[Lead, Annotations]:
+    """A flat 125 Hz lead (no resampling) with one triangular QRS per entry, rising and falling
+    by one unit a sample over ``half_width`` samples each side of its R peak."""
+    peaks = gap * np.arange(1, len(half_widths) + 1)
+    signal = np.zeros(int(peaks[-1]) + gap)
+    for peak, half in zip(peaks, half_widths, strict=True):
+        ramp = np.arange(half + 1, dtype=float)
+        signal[peak - half : peak + half + 1] = np.concatenate([ramp, ramp[-2::-1]])
+    symbols = np.array(["N"] * peaks.size)
+    return Lead(signal=signal, fs=125.0, name="MLII"), Annotations(peaks, symbols)
+
+
+def test_qrs_width_is_exact_on_triangular_complexes() -> None:
+    """Half-width h (4 or more): the central slope is 1 on the ramps, 1/2 at their feet, 0 at
+    the peak; smoothed over 3 samples (0.024 s at 125 Hz) it peaks at 1, is 1/2 at the feet
+    and 1/6 one sample further, below the 0.2 threshold: 2h + 1 samples are steep."""
+    lead, annotations = triangle_lead([5, 10, 7, 5, 5])
+    fourth, fifth = annotations.samples[3:]
+    lead.signal[fourth + 12 :] += 0.5  # a slope of 1/4 over two samples, 1/6 once smoothed
+    lead.signal[fifth + 21 :] += 1.0  # steep from sample 20 after the peak, past the 19 searched
+    beats = segment_record("triangles", [lead], annotations, DataConfig())
+    widths = beats.rr[:, RR_COLUMNS.index("qrs_width")]
+    np.testing.assert_allclose(widths, np.array([11, 21, 15, 11, 11]) / 125, rtol=1e-6)
+
+
 def test_previous_by_next_is_low_for_a_premature_beat_with_its_pause() -> None:
     lead, annotations = synthetic_rhythm([1.0] * 5 + [0.6, 1.4] + [1.0] * 5)
     rr = segment_record("synthetic", [lead], annotations, DataConfig()).rr

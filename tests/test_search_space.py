@@ -259,3 +259,73 @@ def test_a_malformed_distribution_fails_when_the_config_loads(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config({"search": {"space": {"training.lr": distribution}}})
+
+
+def candidates_config() -> Config:
+    return make_config(
+        {
+            "training.lr": {"loguniform": [1e-4, 1e-2]},
+            "model.dropout": {"uniform": [0.1, 0.5]},
+            "training.epochs": {"quniform": [4, 12, 4]},
+            "training.batch_size": {"qloguniform": [16, 256, 16]},
+            "training.early_stopping_patience": {"randint": [2, 5]},
+            "training.weight_decay": {"normal": [1e-3, 1e-5]},
+            "training.optimizer": {"choice": ["adam", "adamw", "sgd"]},
+            "model.channels": {"each": {"choice": [8, 16]}},
+        },
+        training={"epochs": 4, "early_stopping_patience": 3},
+    )
+
+
+CANDIDATES: dict[str, list[Any]] = {
+    "training.lr": [1e-4, 1e-2],
+    "model.dropout": [0.1, 0.5],
+    "training.epochs": [4, 8, 12],  # the ends and the step after the low end
+    "training.batch_size": [16, 32, 256],
+    "training.early_stopping_patience": [2, 4],  # randint's high end is excluded
+    "training.weight_decay": [1e-3],  # a normal's mean
+    "training.optimizer": ["adam", "adamw", "sgd"],
+    "model.channels": [8, 16],
+}
+
+
+def test_the_candidates_are_every_option_and_each_range_end_as_valid_configs() -> None:
+    space = build_search_space(candidates_config())
+    assert {key: space.candidate_values(key) for key in CANDIDATES} == CANDIDATES
+    assert space.candidate_values("model.kind") == []
+    built = [
+        (key, value, space.values_of(config)) for key, value, config in space.candidate_configs()
+    ]
+    assert [(key, value) for key, value, _ in built] == [
+        (key, value) for key, values in CANDIDATES.items() for value in values
+    ]
+    for key, value, values in built:
+        assert values[key] == ([value] * 2 if key == "model.channels" else value), key
+
+
+@pytest.mark.parametrize(
+    ("label", "value", "problem"),
+    [
+        ("training.lr", 1e-4, None),
+        ("training.lr", 1e-2, None),
+        ("training.lr", 1.01e-2, "is outside loguniform = [0.0001, 0.01]"),
+        ("training.lr", 0.99e-4, "is outside loguniform = [0.0001, 0.01]"),
+        ("model.dropout", 0.5, None),
+        ("training.weight_decay", 5.0, None),  # a normal draws any number
+        ("training.early_stopping_patience", 4, None),
+        ("training.early_stopping_patience", 5, "is outside randint = [2, 5]"),
+        ("training.optimizer", 2, None),
+        ("training.optimizer", 3, "is not an index of the choices ['adam', 'adamw', 'sgd']"),
+        ("training.optimizer", -1, "is not an index of the choices ['adam', 'adamw', 'sgd']"),
+        ("training.optimizer", True, "is not an index of the choices ['adam', 'adamw', 'sgd']"),
+        ("model.channels[1]", 1, None),
+    ],
+)
+def test_a_saved_value_is_checked_against_its_distribution_to_the_end(
+    label: str, value: float, problem: str | None
+) -> None:
+    space = build_search_space(candidates_config())
+    key = label.split("[")[0]
+    expected = problem and f"{problem} (search.space {key!r})"
+    assert space.saved_value_problem(label, value) == expected
+    assert space.saved_value_problem("model.depth", 1) == "is not drawn by any key of search.space"

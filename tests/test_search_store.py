@@ -25,7 +25,7 @@ from hyperopt.fmin import generate_trials_to_calculate
 from ecgtune.config import Config
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.search.loop import check_same_search, search_identity
-from ecgtune.search.store import METADATA, TrialStore
+from ecgtune.search.store import METADATA, TrialStore, json_value
 from tests.conftest import run_hypertune
 
 SPACE = {"x": hp.uniform("x", -3, 3), "kind": hp.choice("kind", ["good", "plain", "bad"])}
@@ -125,8 +125,10 @@ def test_the_file_is_plain_json_with_a_format_marker(tmp_path: Path, five_trials
     store = TrialStore(tmp_path)
     store.save(five_trials)
 
-    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    text = store.path.read_text(encoding="utf-8")
+    saved = json.loads(text)
 
+    assert text.startswith('{\n "format": "ecgtune-trials",\n "version": 1,\n')  # indented 1
     assert store.path == tmp_path / "trials.json"
     assert (saved["format"], saved["version"]) == ("ecgtune-trials", 1)
     assert saved["attachments"] == {METADATA: METADATA_VALUE}
@@ -393,6 +395,140 @@ def test_a_damaged_file_is_refused_with_the_field_named(
     store.path.write_text(json.dumps(saved), encoding="utf-8")
 
     assert expected in refusal(store)
+
+
+def idxs_of_another_trial(saved: dict[str, Any]) -> None:
+    saved["trials"][1]["misc"]["idxs"]["x"] = [4]
+
+
+def idxs_of_true(saved: dict[str, Any]) -> None:
+    saved["trials"][1]["misc"]["idxs"]["x"] = [True]  # equal to [1] in Python, not in JSON
+
+
+def set_at(*path: str | int, value: Any = None, delete: bool = False) -> Callable[..., None]:
+    """Plants ``value`` at ``path`` of the saved file (or deletes the key there)."""
+
+    def plant(saved: dict[str, Any]) -> None:
+        target: Any = saved
+        for key in path[:-1]:
+            target = target[key]
+        if delete:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+
+    return plant
+
+
+def version_zero(saved: dict[str, Any]) -> None:
+    saved["version"] = 0
+
+
+def version_of_text(saved: dict[str, Any]) -> None:
+    saved["version"] = "1"
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (idxs_of_another_trial, "trials[1].misc.idxs.x = [4] is not [] or [1]"),
+        (idxs_of_true, "trials[1].misc.idxs.x = [true] is not [] or [1]"),
+        (version_zero, "version = 0 is not a format version (1, 2, ...)"),
+        (version_of_text, 'version = "1" is not a format version (1, 2, ...)'),
+        (set_at("trials", 2, value=5), "trials[2] = 5 is not an object"),
+        (set_at("trials", 1, "tid", value=-1), "trials[1].tid = -1 is not a trial number"),
+        (set_at("trials", 1, "misc", value=[]), "trials[1].misc = [] is not an object"),
+        (set_at("trials", 1, "misc", "cmd", delete=True), "trials[1].misc.cmd is missing"),
+        (set_at("trials", 1, "misc", "idxs", delete=True), "trials[1].misc.idxs is missing"),
+        (
+            set_at("trials", 1, "misc", "idxs", value=[]),
+            "trials[1].misc.idxs = [] is not an object",
+        ),
+        (set_at("trials", 1, "misc", "vals", delete=True), "trials[1].misc.vals is missing"),
+        (
+            set_at("trials", 1, "misc", "vals", "x", value=[0.5, 0.5]),
+            "trials[1].misc.vals.x = [0.5, 0.5] is not a list as long as idxs.x",
+        ),
+        (
+            set_at("trials", 1, "misc", "vals", "x", value=0.5),
+            "trials[1].misc.vals.x = 0.5 is not a list as long as idxs.x",
+        ),
+        (set_at("attachments", value=[]), "attachments = [] is not an object"),
+        (set_at("trials", value={}), "trials = {} is not a list"),
+        (set_at("attachments", METADATA, value=[]), "attachments.ecgtune = [] is not an object"),
+        (
+            set_at("trials", 1, "misc", "vals", value=[]),
+            "trials[1].misc.vals = [] is not an object",
+        ),
+        (
+            set_at("attachments", METADATA, "identity", value=[]),
+            "attachments.ecgtune.identity = [] is not an object",
+        ),
+        (set_at("trials", 1, "version", value="1"), 'trials[1].version = "1" is not an integer'),
+        (
+            set_at("trials", 1, "result", value=[]),
+            "trials[1].result = [] is not an object with a status of new/running/suspended/ok/fail",
+        ),
+        (
+            set_at("trials", 1, "result", "curve", value=[float("nan")]),
+            "trials[1].result.curve = [NaN] is not a list of finite numbers (one per epoch)",
+        ),
+        (
+            set_at("trials", 1, "result", "curve", value="0.5"),
+            'trials[1].result.curve = "0.5" is not a list of finite numbers (one per epoch)',
+        ),
+        (  # a value of 60 characters is written whole, a longer one cut to 57 and "..."
+            set_at("trials", 1, "exp_key", value="k" * 58),
+            f'trials[1].exp_key = "{"k" * 58}" is not null',
+        ),
+        (
+            set_at("trials", 1, "exp_key", value="k" * 59),
+            f'trials[1].exp_key = "{"k" * 56}... is not null',
+        ),
+    ],
+)
+def test_a_damaged_file_is_refused_with_its_exact_line(
+    tmp_path: Path,
+    five_trials: Trials,
+    corrupt: Callable[[dict[str, Any]], None],
+    expected: str,
+) -> None:
+    store = TrialStore(tmp_path)
+    store.save(five_trials)
+    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    corrupt(saved)
+    store.path.write_text(json.dumps(saved), encoding="utf-8")
+
+    assert (
+        refusal(store)
+        == f"{store.path}: {expected}; to start over, use --fresh (it keeps the old file)"
+    )
+
+
+def test_an_empty_saved_search_numbers_its_first_trial_0(tmp_path: Path) -> None:
+    store = TrialStore(tmp_path)
+    store.save(new_search())
+    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    saved["trials"] = []
+    store.path.write_text(json.dumps(saved), encoding="utf-8")
+    trials = store.load()
+    assert trials is not None and trials.new_trial_ids(1) == [0]
+
+
+def test_a_value_json_cannot_hold_is_named() -> None:
+    with pytest.raises(TypeError, match=r"^set \{1\} cannot be saved in trials\.json$"):
+        json_value({1})
+
+
+def test_no_best_trial_keeps_no_checkpoint(tmp_path: Path) -> None:
+    store = TrialStore(tmp_path)
+    store.checkpoints.mkdir()
+    for number in (1, 2):
+        store.checkpoint(number).write_bytes(b"model")
+    store.keep_only_checkpoint(2)
+    assert [path.name for path in store.checkpoints.iterdir()] == ["trial-002.pt"]
+    store.keep_only_checkpoint(None)
+    assert not list(store.checkpoints.iterdir())
 
 
 @pytest.mark.parametrize("planted", [["trials.pkl"], ["trials.pkl", "trials.json"]])

@@ -157,9 +157,9 @@ def compute_metrics(
 ) -> ClassificationMetrics:
     """Metrics of a whole split from its one confusion matrix (labels are ``0..K-1``)."""
     names = tuple(class_names)
-    matrix = confusion_matrix(y_true, y_pred, labels=np.arange(len(names))).astype(np.int64)
-    if matrix.sum() == 0:
+    if np.size(y_true) == 0:  # before scikit-learn, which refuses it in its own words
         raise ValueError("no beats to evaluate: the split is empty")
+    matrix = confusion_matrix(y_true, y_pred, labels=np.arange(len(names))).astype(np.int64)
     return metrics_from_confusion(matrix, names)
 
 
@@ -181,15 +181,14 @@ def metrics_from_confusion(
         )
         for k, name in enumerate(class_names)
     )
-    present = [item for item in per_class if item.support > 0]
     return ClassificationMetrics(
         class_names=class_names,
         confusion=matrix,
         accuracy=float(true_positive.sum() / total),
-        balanced_accuracy=_mean([item.recall for item in present]),
-        macro_precision=_mean([item.precision for item in present]),
-        macro_recall=_mean([item.recall for item in present]),
-        macro_f1=_mean([item.f1 for item in present]),
+        balanced_accuracy=_mean([item.recall for item in per_class]),
+        macro_precision=_mean([item.precision for item in per_class]),
+        macro_recall=_mean([item.recall for item in per_class]),
+        macro_f1=_mean([item.f1 for item in per_class]),
         per_class=per_class,
         absent_classes=tuple(item.name for item in per_class if item.support == 0),
     )
@@ -208,7 +207,7 @@ def _class_metrics(name: str, tp: int, support: int, predicted: int, total: int)
 
 
 def _mean(values: Sequence[float | None]) -> float:
-    """Mean of present classes' figures (never ``None`` there: support > 0)."""
+    """Mean over the classes present: an absent class's figures are ``None``."""
     return float(np.mean([value for value in values if value is not None]))
 
 

@@ -161,7 +161,7 @@ def choose_valid_records(
     the size weighing as much as all classes together. Ties go to the first candidate.
     """
     n_records = class_counts.shape[0]
-    orders = np.argsort(np.random.default_rng(seed).random((CANDIDATE_ORDERS, n_records)), axis=1)
+    orders = np.argsort(np.random.default_rng(seed).random((CANDIDATE_ORDERS, n_records)))
     valid = np.cumsum(class_counts[orders], axis=1)[:, :-1]
     train = class_counts.sum(axis=0) - valid
     present = class_counts.sum(axis=0) > 0

@@ -30,27 +30,35 @@ def record_statistics(
     model: nn.Module, signals: Tensor, rr: Tensor, batch_size: int
 ) -> Iterator[nn.Module]:
     """The model, in eval mode, with its batch-norm statistics those of ``signals`` (one
-    record's beats, in chunks of ``batch_size`` to bound memory, each weighted by its beats:
-    the means are exact, the variances the chunks' own, averaged), for the ``with`` block; the
-    training statistics are put back afterwards, whatever happens in it."""
+    record's beats), for the ``with`` block; the training statistics are put back afterwards,
+    whatever happens in it."""
     norms = batch_norms(model)
     saved = [
         (norm.momentum, {k: v.clone() for k, v in norm.state_dict().items()}) for norm in norms
     ]
     try:
-        model.eval()
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.train()
-        with torch.no_grad():
-            for start in range(0, len(signals), batch_size):
-                chunk = slice(start, start + batch_size)
-                for norm in norms:  # the running mean of every beat so far
-                    norm.momentum = len(signals[chunk]) / min(len(signals), chunk.stop)
-                model(signals[chunk], rr[chunk])
-        model.eval()
+        estimate_statistics(model, norms, signals, rr, batch_size)
         yield model
     finally:
         for norm, (momentum, state) in zip(norms, saved, strict=True):
             norm.load_state_dict(state)
             norm.momentum = momentum
+
+
+def estimate_statistics(
+    model: nn.Module, norms: list[_BatchNorm], signals: Tensor, rr: Tensor, batch_size: int
+) -> None:
+    """Replace the ``norms``' statistics by those of ``signals``, in chunks of ``batch_size``
+    to bound memory, each weighted by its beats (the means are exact, the variances the
+    chunks' own, averaged); the model is left in eval mode."""
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.train()
+    with torch.no_grad():
+        for start in range(0, len(signals), batch_size):
+            chunk = slice(start, start + batch_size)
+            for norm in norms:  # the running mean of every beat so far
+                norm.momentum = len(signals[chunk]) / min(len(signals), chunk.stop)
+            model(signals[chunk], rr[chunk])
+    model.eval()
