@@ -210,6 +210,18 @@ def test_the_planted_payload_runs_when_unpickled(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+def damaged_store(
+    folder: Path, trials: Trials, corrupt: Callable[[dict[str, Any]], None]
+) -> TrialStore:
+    """``trials`` saved in ``folder``, then its file changed by ``corrupt``."""
+    store = TrialStore(folder)
+    store.save(trials)
+    saved = json.loads(store.path.read_text(encoding="utf-8"))
+    corrupt(saved)
+    store.path.write_text(json.dumps(saved), encoding="utf-8")
+    return store
+
+
 def refusal(store: TrialStore, path: Path | None = None) -> str:
     """The one-line DataError ``load`` raises, naming the file and --fresh."""
     with pytest.raises(DataError) as caught:
@@ -388,13 +400,7 @@ def test_a_damaged_file_is_refused_with_the_field_named(
     corrupt: Callable[[dict[str, Any]], None],
     expected: str,
 ) -> None:
-    store = TrialStore(tmp_path)
-    store.save(five_trials)
-    saved = json.loads(store.path.read_text(encoding="utf-8"))
-    corrupt(saved)
-    store.path.write_text(json.dumps(saved), encoding="utf-8")
-
-    assert expected in refusal(store)
+    assert expected in refusal(damaged_store(tmp_path, five_trials, corrupt))
 
 
 def idxs_of_another_trial(saved: dict[str, Any]) -> None:
@@ -493,12 +499,7 @@ def test_a_damaged_file_is_refused_with_its_exact_line(
     corrupt: Callable[[dict[str, Any]], None],
     expected: str,
 ) -> None:
-    store = TrialStore(tmp_path)
-    store.save(five_trials)
-    saved = json.loads(store.path.read_text(encoding="utf-8"))
-    corrupt(saved)
-    store.path.write_text(json.dumps(saved), encoding="utf-8")
-
+    store = damaged_store(tmp_path, five_trials, corrupt)
     assert (
         refusal(store)
         == f"{store.path}: {expected}; to start over, use --fresh (it keeps the old file)"
