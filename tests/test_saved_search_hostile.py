@@ -232,61 +232,38 @@ def test_a_saved_trial_that_does_not_fit_is_refused_naming_the_trial_and_key(
     assert f": trials[{index}].{expected}" in line, line
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "expected"),
-    [
-        ("seconds", -1.0, "-1.0 is not a number of seconds"),
-        ("epochs", -1, "-1 is not a count of epochs"),
-        ("number", -1, "-1 is not a trial number"),
-    ],
-)
-def test_a_saved_row_of_negative_numbers_is_refused_with_its_exact_line(
-    search_copy: Path,
-    mitdb_dir: Path,
-    key: str,
-    value: float,
-    expected: str,
-) -> None:
-    config = search_config(search_copy, mitdb_dir)
-    saved = read_saved(config)
-    index = best_index(saved)
-    set_result(("row", key), value)(saved)
-    write_saved(config, saved)
-
-    line = refusal(config, search_copy)
-
-    path = trials_path(config)
-    assert line == f"error: {path}: trials[{index}].result.row.{key} = {expected}; {FRESH}"
+def without_note(saved: Saved) -> None:
+    del best_doc(saved)["result"]["row"]["note"]
 
 
-def without_note(row: dict[str, Any]) -> None:
-    del row["note"]
-
-
-def with_extra_field(row: dict[str, Any]) -> None:
-    row["rank"] = 1
+def with_extra_field(saved: Saved) -> None:
+    best_doc(saved)["result"]["row"]["rank"] = 1
 
 
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
+        (set_result(("row", "seconds"), -1.0), "row.seconds = -1.0 is not a number of seconds"),
+        (set_result(("row", "epochs"), -1), "row.epochs = -1 is not a count of epochs"),
+        (set_result(("row", "number"), -1), "row.number = -1 is not a trial number"),
         (without_note, "row.note is missing"),
         (
             with_extra_field,
             "row has other fields than number, status, values, objective, epochs, seconds, note",
         ),
     ],
+    ids=["negative-seconds", "negative-epochs", "negative-number", "no-note", "extra-field"],
 )
-def test_a_saved_row_of_other_fields_is_refused_with_its_exact_line(
+def test_a_damaged_saved_row_is_refused_with_its_exact_line(
     search_copy: Path,
     mitdb_dir: Path,
-    damage: Callable[[dict[str, Any]], None],
+    damage: Callable[[Saved], None],
     expected: str,
 ) -> None:
     config = search_config(search_copy, mitdb_dir)
     saved = read_saved(config)
     index = best_index(saved)
-    damage(best_doc(saved)["result"]["row"])
+    damage(saved)
     write_saved(config, saved)
 
     line = refusal(config, search_copy)
