@@ -41,6 +41,7 @@ from ecgtune.search.trials import (
     TrialStart,
     best_row,
     ranked_rows,
+    short_value,
 )
 from ecgtune.training import EpochRecord, TrainingObserver
 
@@ -59,16 +60,6 @@ def short_values(values: dict[str, Any]) -> str:
         f"{key.rsplit('.', 1)[-1]}={short_value(value)}" for key, value in values.items()
     )
     return escape(text)
-
-
-def short_value(value: Any) -> str:
-    """A searched value in few characters: numbers in 3 significant figures, lists as
-    ``8,16,32`` (no brackets or spaces, so a table cell never wraps inside one)."""
-    if isinstance(value, list):
-        return ",".join(short_value(item) for item in value)
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def plural(count: int, word: str) -> str:

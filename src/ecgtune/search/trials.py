@@ -98,6 +98,17 @@ class TrialObserverFanOut(TrialObserver):
             raise errors[0]
 
 
+def short_value(value: Any, separator: str = ",") -> str:
+    """A searched value in few characters: numbers in 3 significant figures, a list's entries
+    joined by ``separator`` (``8,16,32``: without spaces a terminal's table cell never wraps
+    inside one)."""
+    if isinstance(value, list):
+        return separator.join(short_value(item, separator) for item in value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
 def ranked_rows(rows: Sequence[TrialRow], objective: str) -> list[TrialRow]:
     """The finished trials, best first (ties: the earlier trial first)."""
     sign = 1.0 if minimises(objective) else -1.0

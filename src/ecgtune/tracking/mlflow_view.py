@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from ecgtune.config import Config
 from ecgtune.dotted import flatten
 from ecgtune.metrics import ClassificationMetrics
-from ecgtune.search.trials import TrialRow
+from ecgtune.search.trials import TrialRow, short_value
 
 LOCAL_UI = "http://127.0.0.1:5000"
 """Where ``mlflow ui`` serves a local store (its default address)."""
@@ -176,11 +176,8 @@ def _number(value: float | None) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_text(item) for item in value) + "]"
-    return str(value)
+    """A searched value in the description's table: ``0.00151``, ``[16, 24, 32]``."""
+    return f"[{short_value(value, ', ')}]" if isinstance(value, list) else short_value(value)
 
 
 def _cells(cells: Sequence[str]) -> str:
