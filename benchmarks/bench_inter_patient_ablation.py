@@ -1,13 +1,15 @@
-"""What each ingredient of the shipped inter-patient experiment does, over the same seeds.
+"""What each ingredient of the shipped inter-patient experiment does, on DS1 alone.
 
-For each ingredient the benchmark trains the shipped ``configs/inter_patient.toml`` with that
-one ingredient changed (a ``--set``, the rest as shipped), every seed through the real
-``hypertune.py train`` exactly as ``bench_inter_patient.py`` runs it (same processes, threads
-and seeds), predicts DS2 once per seed, and reports the mean over the seeds and how far it
-moves from the shipped experiment's mean in ``benchmarks/results/inter_patient.json`` (which
-must come from the same config: the benchmark checks). Adaptation at prediction time needs no
-training: ``inter_patient.json`` holds it already (``adapt_batch_norm`` per seed). Results are
-written after every ingredient, so an interrupted run keeps what it finished.
+Every line trains the shipped ``configs/inter_patient.toml`` with one ingredient changed (its
+``--set`` items, the rest as shipped) over the same seeds, exactly as
+``bench_inter_patient.py`` trains it (DS1's records read alone, one model per record-grouped
+fold, each seed in its own process), and reports the mean and sd over the seeds of its DS1
+out-of-fold figures and how far it moves from the shipped config's own line, run first in the
+same invocation. DS2 is never read: these lines are what the shipped settings are decided by
+(judged by jκ, ``bench_inter_patient.OBJECTIVE``). Results are written after every line, so an
+interrupted run keeps what it finished; ``--models DIR`` keeps each line's models in
+``DIR/<line>/`` (``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the
+shipped line's models without training them again).
 
     .venv/bin/python benchmarks/bench_inter_patient_ablation.py --raw-dir ../shared/data/mitdb
 """
@@ -15,57 +17,60 @@ written after every ingredient, so an interrupted run keeps what it finished.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_inter_patient import (
+    AAMI_FIGURES,
+    OBJECTIVE,
     PACKAGES,
     REPO_ROOT,
+    comparable,
     mean_sd,
-    predict_seed,
     resolved,
-    seed_figures,
+    run_seeds,
+    seed_jobs,
     seed_parser,
-    train_seeds,
 )
 from machine import machine, write_results
 
-from ecgtune.config import Config, load_config
+from ecgtune.config import load_config
 
-SHIPPED = REPO_ROOT / "benchmarks" / "results" / "inter_patient.json"
-INGREDIENTS = {
-    "patient_adversary": (
-        "training against patient identity added (gradient reversal, weight 0.3)",
-        ["training.patient_adversary=0.3"],
+INGREDIENTS: dict[str, tuple[str, list[str]]] = {
+    "shipped": ("the shipped config as it is", []),
+    "shared_fold_seeds": (
+        "every fold model from the run's seed (search.fold_seeds = shared)",
+        ['search.fold_seeds="shared"'],
     ),
-    "rr_features_all": (
-        "rhythm features replaced by the mean-of-10 RR features of before (rr_features = all)",
-        ['model.rr_features="all"'],
+    "uncapped_weights": (
+        "inverse class weights without a cap (training.class_weight_cap = 0)",
+        ["training.class_weight_cap=0"],
     ),
-    "rr_head_concat": (
-        "the RR features' own MLP replaced by concatenation (rr_head = concat)",
-        ['model.rr_head="concat"'],
+    "objective_macro_f1": (
+        "early stopping and the best epoch by macro-F1 (training.objective)",
+        ['training.objective="macro_f1"'],
     ),
-    "rr_features_rhythm": (
-        "without the features over the record's own mean RR (rr_features = rhythm)",
-        ['model.rr_features="rhythm"'],
+    "second_push": (
+        "the config of the second push: shared fold seeds, uncapped weights, macro-F1",
+        [
+            'search.fold_seeds="shared"',
+            "training.class_weight_cap=0",
+            'training.objective="macro_f1"',
+        ],
     ),
 }
-FIGURES = ("se_S", "ppv_S", "se_V", "ppv_V")
-MACHINE_KEYS = {"data": ("raw_dir", "cache_dir"), "training": ("num_threads",)}
-"""Keys that say where and how fast a run goes, not what it measures."""
+"""Each line: what it changes, and its ``--set`` items."""
 
 
 def parse_args() -> argparse.Namespace:
     parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--only", nargs="+", choices=sorted(INGREDIENTS), default=list(INGREDIENTS),
-        help="the ingredients to measure, in this order",
+        help="the lines to measure, in this order (the shipped line always first)",
     )  # fmt: skip
+    parser.add_argument("--models", type=Path, help="keep each line's models in DIR/<line>/")
     parser.add_argument(
         "--output",
         type=Path,
@@ -74,92 +79,70 @@ def parse_args() -> argparse.Namespace:
     return resolved(parser.parse_args())
 
 
-def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dump without the keys that differ between machines and runs of a benchmark."""
-    kept = {
-        section: {key: value for key, value in config[section].items() if key not in keys}
-        for section, keys in MACHINE_KEYS.items()
-    }
-    return {**config, **kept}
-
-
-def shipped_figures(config: Config, seeds: list[int]) -> dict[str, Any]:
-    """The shipped experiment's mean over the same seeds, from ``inter_patient.json``; refused
-    where that file was measured with another config or other seeds."""
-    shipped: dict[str, Any] = json.loads(SHIPPED.read_text())
-    dump = config.model_dump(mode="json", exclude={"tracking", "seed"})
-    assert comparable(shipped["config"]) == comparable(dump), f"{SHIPPED}: another config"
-    assert shipped["seeds"] == seeds, f"{SHIPPED}: seeds {shipped['seeds']}, not {seeds}"
-    return shipped
-
-
-def line(mean: dict[str, Any], sd: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
-    """One ingredient's mean figures, the sd of S Se, and the change from the shipped mean."""
-    figures = {key: mean["aami"][key] for key in FIGURES}
-    return {
-        **figures,
+def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str, Any]:
+    """A line's mean figures over the seeds, the sd of S Se and jκ, per-seed figures, and the
+    change of the mean from the shipped line's."""
+    mean, sd = mean_sd([run["ds1_oof"] for run in runs])
+    kept = {key: mean["aami"][key] for key in AAMI_FIGURES}
+    figures = {
+        **kept,
         "f1_S": mean["f1"]["S"],
-        "jkappa": mean["jkappa"],
+        "f1_F": mean["f1"]["F"],
+        OBJECTIVE: mean[OBJECTIVE],
+        "macro_f1": mean["macro_f1"],
+        "n_called_f": mean["n_called_f"],
         "sd_se_S": sd["aami"]["se_S"],
-        "se_S_without_232": mean["without_232"]["aami"]["se_S"],
-        "change": {
-            **{key: round(figures[key] - shipped["aami"][key], 4) for key in FIGURES},
-            "jkappa": round(mean["jkappa"] - shipped["jkappa"], 4),
-        },
+        f"sd_{OBJECTIVE}": sd[OBJECTIVE],
     }
-
-
-def adaptation_line(shipped: dict[str, Any]) -> dict[str, Any]:
-    """Adaptation on, from the shipped models' own second prediction (no training)."""
-    adapted = [run["adapt_batch_norm"] for run in shipped["per_seed"]]
-    mean, sd = mean_sd(adapted)
-    return line(mean, sd, shipped["ds2"])
+    if shipped is not None:
+        figures["change"] = {
+            key: round(figures[key] - shipped[key], 4)
+            for key in (*AAMI_FIGURES, OBJECTIVE, "sd_se_S", "n_called_f")
+        }
+    per_seed = [
+        {"seed": run["seed"], **run["ds1_oof"]["aami"], OBJECTIVE: run["ds1_oof"][OBJECTIVE]}
+        for run in runs
+    ]
+    return {**figures, "per_seed": per_seed}
 
 
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     config = load_config(args.config)
-    shipped = shipped_figures(config, args.seeds)
-    lines: dict[str, Any] = {
-        "shipped": line(shipped["ds2"], shipped["ds2_sd"], shipped["ds2"]),
-        "adapt_batch_norm": {
-            "what": "batch-norm statistics re-estimated on each DS2 record (inference.adapt)",
-            "set": ['inference.adapt="batch_norm"'],
-            **adaptation_line(shipped),
-        },
-    }
+    names = ["shipped", *[name for name in args.only if name != "shipped"]]
+    lines: dict[str, Any] = {}
     result: dict[str, Any] = {
-        "benchmark": "inter-patient ablation: one ingredient of the shipped experiment changed",
+        "benchmark": "inter-patient ablation on DS1 out-of-fold: one ingredient changed",
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(PACKAGES, torch_threads=args.threads, processes=args.parallel),
         "protocol": (
-            f"per ingredient and seed: hypertune.py train --config "
-            f"{args.config.relative_to(REPO_ROOT)} --set seed=N --set <the ingredient>, as "
-            f"bench_inter_patient.py runs it; DS2 predicted once; mean over the seeds, and its "
-            f"change from the shipped mean of {SHIPPED.name}"
+            f"per line and seed: {args.config.relative_to(REPO_ROOT)} with the line's --set "
+            f"items, trained as bench_inter_patient.py trains it on DS1's 22 records alone; "
+            f"the mean over the seeds of the out-of-fold figures (every DS1 beat predicted by "
+            f"the fold model that never saw its patient), judged by {OBJECTIVE}; DS2 not read"
         ),
+        "objective": OBJECTIVE,
         "seeds": args.seeds,
+        "config": comparable(config),
         "lines": lines,
     }
-    for name in args.only:
+    for name in names:
         what, sets = INGREDIENTS[name]
         began = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"bench-ablation-{name}-") as tmp:
-            run_dirs = train_seeds(args, args.config, Path(tmp) / "seeds", sets)
-            runs = [seed_figures(predict_seed(run_dirs[seed])) for seed in args.seeds]
-        mean, sd = mean_sd(runs)
+        models = args.models / name if args.models else None
+        outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
+        shipped = lines.get("shipped")
         lines[name] = {
             "what": what,
             "set": sets,
-            **line(mean, sd, shipped["ds2"]),
-            "per_seed": [{"seed": run["seed"], **run["aami"]} for run in runs],
+            **line([outcome.figures for outcome in outcomes], shipped),
             "seconds": round(time.perf_counter() - began, 1),
         }
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         write_results(args.output, result)
-        print(f"{name}: {json.dumps(lines[name]['change'])}", flush=True)
+        print(f"{name}: {lines[name].get('change', lines[name][OBJECTIVE])}", flush=True)
     print(f"wrote {args.output}")
 
 

@@ -4,6 +4,7 @@ a trial scored on its out-of-fold predictions, and the kept model trained as wit
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ecgtune.commands.tune import tune_command
 from ecgtune.config import Config, validate_config
 from ecgtune.data import load_dataset
 from ecgtune.data.beats import RR_COLUMNS
+from ecgtune.data.build import load_record_beats
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.errors import ConfigError, DataError
 from ecgtune.export.onnx import ONNX_NAME, OnnxClassifier
@@ -25,7 +27,7 @@ from ecgtune.metrics import compute_metrics
 from ecgtune.models import BeatClassifier, build_model
 from ecgtune.models.ensemble import Ensemble, member_count
 from ecgtune.report import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ecgtune.search.folds import cross_validate, fold_datasets, record_folds
+from ecgtune.search.folds import cross_validate, fold_config, fold_datasets, record_folds
 from ecgtune.training import EpochRecord, TrainingObserver, predict, predict_proba, train_model
 from tests.conftest import TINY_CNN, run_hypertune
 from tests.search_helpers import mlflow_runs, results
@@ -154,6 +156,69 @@ def test_a_trial_is_scored_out_of_fold_and_keeps_the_ensemble_of_its_fold_models
     assert epochs.starts == numbers
     assert result.history == epochs.records
     assert "3 record-grouped folds, an ensemble" in result.stop_reason
+
+
+def test_distinct_fold_seeds_give_each_fold_model_its_own_seed(
+    folds_config: Callable[..., Config], dataset: Dataset
+) -> None:
+    """``search.fold_seeds = "distinct"``: fold i trains with the seed NumPy's SeedSequence
+    draws from (seed, i), each member is exactly the model trained with that seed, and the
+    out-of-fold predictions are each held-out beat's by its fold's model."""
+    config = folds_config(folds=3, fold_seeds="distinct")
+    seeds = [int(np.random.SeedSequence([7, fold]).generate_state(1)[0]) for fold in range(3)]
+    assert seeds == [fold_config(config, fold).seed for fold in range(3)]
+    assert len(set(seeds)) == 3 and 7 not in seeds
+    assert fold_config(folds_config(folds=3), 2) == folds_config(folds=3)  # shared: unchanged
+
+    class Starts(TrainingObserver):
+        def __init__(self) -> None:
+            self.seeds: list[int] = []
+
+        def on_train_start(self, config: Config, model: torch.nn.Module, n_train: int) -> None:
+            self.seeds.append(config.seed)
+
+    starts = Starts()
+    result = cross_validate(config, dataset, starts)
+    assert starts.seeds == seeds
+    folds = fold_datasets(dataset, 3, config.seed)
+    assert isinstance(result.model, Ensemble)
+    for fold, (member, data) in enumerate(zip(result.model.members, folds, strict=True)):
+        alone = train_model(fold_config(config, fold), data).model
+        for name, tensor in alone.state_dict().items():
+            assert torch.equal(tensor, member.state_dict()[name]), (fold, name)
+    assert result.out_of_fold is not None
+    held_out, predicted = result.out_of_fold
+    assert np.array_equal(held_out.records, np.concatenate([f.valid.records for f in folds]))
+    expected = [
+        predict(m, f.valid, config) for m, f in zip(result.model.members, folds, strict=True)
+    ]
+    assert np.array_equal(predicted, np.concatenate(expected))
+    confusion = compute_metrics(held_out.labels, predicted, dataset.class_names).confusion
+    assert result.best_valid["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+
+
+def test_ds1_read_alone_gives_the_same_folds_as_the_split_dataset(
+    folds_config: Callable[..., Config], dataset: Dataset
+) -> None:
+    """The inter-patient benchmark reads DS1's records alone (DS2's labels unread) and must
+    train what ``train`` trains: the fold pool is in record order whichever records the split
+    put in validation, so both give the same folds, beat for beat."""
+    config = folds_config(folds=3)
+    assert set(dataset.valid.records) and set(dataset.test.records) == {"100", "232"}
+    alone = load_record_beats(config, DS1_RECORDS)
+    empty = alone.take(np.zeros(0, dtype=np.intp))
+    read_alone = Dataset(alone, empty, empty, dataset.class_names)
+    for split, single in zip(
+        fold_datasets(dataset, 3, 7), fold_datasets(read_alone, 3, 7), strict=True
+    ):
+        for part in ("train", "valid"):
+            a, b = getattr(split, part), getattr(single, part)
+            assert np.array_equal(a.records, b.records), part
+            assert np.array_equal(a.labels, b.labels) and np.array_equal(a.signals, b.signals)
+            assert np.array_equal(a.rr, b.rr)
+    with pytest.raises(ConfigError, match=re.escape("data.source = 'csv': records need 'mitdb'")):
+        load_record_beats(config.model_copy(update={"data": config.data.model_copy(
+            update={"source": "csv"})}), DS1_RECORDS)  # fmt: skip
 
 
 @pytest.mark.slow

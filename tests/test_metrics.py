@@ -15,7 +15,13 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ecgtune.metrics import ClassMetrics, compute_metrics, improves, minimises
+from ecgtune.metrics import (
+    ClassMetrics,
+    compute_metrics,
+    improves,
+    minimises,
+    record_bootstrap_confusions,
+)
 
 
 def labels_from_confusion(matrix: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -224,3 +230,25 @@ def test_improves_by_default_on_any_gain() -> None:
 def test_only_the_loss_is_minimised() -> None:
     assert minimises("loss")
     assert not any(minimises(name) for name in ("macro_f1", "kappa", "jkappa", "sv_f1"))
+
+
+def test_a_record_bootstrap_draws_whole_records_with_replacement() -> None:
+    """Record a (2 beats: N right, S called N), record b (1 beat: V right): each draw picks 2
+    records with replacement and sums their confusion matrices, so a draw is a, a+b or b+b in
+    the proportions of the seeded generator's picks; the same seed gives the same draws."""
+    labels = np.array([0, 1, 2])
+    predicted = np.array([0, 0, 2])
+    records = np.array(["a", "a", "b"])
+    draws = record_bootstrap_confusions(labels, predicted, records, 3, draws=50, seed=3)
+    assert draws.shape == (50, 3, 3)
+    picks = np.random.default_rng(3).integers(0, 2, size=(50, 2))
+    a = np.zeros((3, 3), dtype=np.int64)
+    a[0, 0], a[1, 0] = 1, 1
+    b = np.zeros((3, 3), dtype=np.int64)
+    b[2, 2] = 1
+    expected = np.stack([sum((a, b)[pick] for pick in row) for row in picks])
+    assert np.array_equal(draws, expected)
+    assert {int(draw.sum()) for draw in draws} == {2, 3, 4}
+    assert np.array_equal(draws, record_bootstrap_confusions(labels, predicted, records, 3, 50, 3))
+    one = record_bootstrap_confusions(labels[:2], predicted[:2], records[:2], 3, 4, seed=0)
+    assert all(np.array_equal(draw, a) for draw in one)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +78,29 @@ def test_effective_number_class_weights_follow_beta() -> None:
     assert weights.tolist() == pytest.approx(EFFECTIVE_WEIGHTS)
 
 
+def test_a_weight_cap_limits_every_class_to_cap_times_the_lightest() -> None:
+    """Counts 1000, 100, 8, 0: inverse weights 1 : 10 : 125 before the mean is taken to 1; a
+    cap of 20 makes them 1 : 10 : 20 (mean 31/3); a cap above the heaviest ratio changes
+    nothing, and 0 is no cap."""
+    counts = np.array([1000, 100, 8, 0])
+    capped = class_weights(counts, "inverse", beta=0.9, cap=20.0)
+    assert capped.tolist() == pytest.approx([3 / 31, 30 / 31, 60 / 31, 0.0])
+    uncapped = [3 / 136, 30 / 136, 375 / 136, 0.0]
+    assert class_weights(counts, "inverse", beta=0.9, cap=125.0).tolist() == pytest.approx(uncapped)
+    assert class_weights(counts, "inverse", beta=0.9, cap=0.0).tolist() == pytest.approx(uncapped)
+    effective = class_weights(counts, "effective", beta=0.5, cap=1.0)
+    assert effective.tolist() == pytest.approx([1.0, 1.0, 1.0, 0.0])  # all capped to the lightest
+
+
+def test_a_weight_cap_below_one_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=re.escape(
+        "training.class_weight_cap = 0.5: a cap below 1 would weigh a class below the lightest; "
+        "0 = no cap"
+    )):  # fmt: skip
+        training_config(class_weight_cap=0.5)
+    assert training_config(class_weight_cap=1).class_weight_cap == 1
+
+
 def test_focal_loss_at_gamma_zero_is_cross_entropy() -> None:
     assert FocalLoss(0.0)(LOGITS, TARGET).item() == pytest.approx((EASY_CE + HARD_CE) / 2)
     logits = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
@@ -110,8 +134,9 @@ def test_weighted_focal_loss_scales_each_beat_by_its_class_weight() -> None:
         ),
         ({"loss": "focal"}, INVERSE_COUNTS, None),
         ({"loss": "focal", "focal_weighted": True}, INVERSE_COUNTS, INVERSE_WEIGHTS),
+        ({"loss": "weighted_ce", "class_weight_cap": 3}, INVERSE_COUNTS, [0.5, 1.5, 0.0]),
     ],
-    ids=["ce", "weighted_ce", "weighted_ce-effective", "focal", "focal-weighted"],
+    ids=["ce", "weighted_ce", "weighted_ce-effective", "focal", "focal-weighted", "capped"],
 )
 def test_criterion_is_the_configured_loss_with_the_configured_weights(
     options: dict[str, Any], counts: np.ndarray[Any, Any], weights: list[float] | None

@@ -194,6 +194,28 @@ def metrics_from_confusion(
     )
 
 
+def record_bootstrap_confusions(
+    labels: NDArray[np.int64],
+    predicted: NDArray[np.int64],
+    records: NDArray[np.str_],
+    n_classes: int,
+    draws: int,
+    seed: int,
+) -> NDArray[np.int64]:
+    """``(draws, K, K)`` confusion matrices of a record-level bootstrap: each draw takes as many
+    records as there are, with replacement (seeded), and sums their confusion matrices. Beats of
+    one patient are not independent, so the interval of a figure over new patients comes from
+    drawing patients, not beats; records in sorted order, so one seed gives the same draws for
+    every model predicting the same records."""
+    names, record_index = np.unique(records, return_inverse=True)
+    cells = (record_index * n_classes + labels) * n_classes + predicted
+    size = len(names) * n_classes * n_classes
+    per_record = np.bincount(cells, minlength=size).reshape(len(names), n_classes, n_classes)
+    chosen = np.random.default_rng(seed).integers(0, len(names), size=(draws, len(names)))
+    counts = np.stack([np.bincount(row, minlength=len(names)) for row in chosen])
+    return np.einsum("dr,rij->dij", counts, per_record).astype(np.int64)
+
+
 def _class_metrics(name: str, tp: int, support: int, predicted: int, total: int) -> ClassMetrics:
     if support == 0:
         return ClassMetrics(name, 0, predicted, None, None, None, None)

@@ -88,6 +88,9 @@ class TrainResult:
     class_names: tuple[str, ...]
     pruned_at: int | None = None
     """The epoch after which an observer ended the run (:class:`StopTraining`), or None."""
+    out_of_fold: tuple[BeatSet, NDArray[np.int64]] | None = None
+    """With ``search.folds``: every train and validation beat and its out-of-fold prediction
+    (:func:`ecgtune.search.folds.predict_out_of_fold`); None for a single run."""
 
 
 class TrainingDiverged(RuntimeError):  # noqa: N818 (the name the search codes against)
@@ -524,15 +527,21 @@ def make_augment(config: Config, device: torch.device, run: torch.Generator) -> 
     return BatchAugment(config, device, seed)
 
 
-def class_weights(counts: NDArray[np.int64], kind: str, beta: float) -> NDArray[np.float32]:
+def class_weights(
+    counts: NDArray[np.int64], kind: str, beta: float, cap: float = 0.0
+) -> NDArray[np.float32]:
     """Per-class loss weights from the train split's class counts, mean 1 over present classes.
 
     ``inverse``: 1 / n_c. ``effective`` (Cui et al. 2019): (1 - beta) / (1 - beta^n_c), the
-    inverse of the effective number of samples. Classes without train beats get weight 0.
+    inverse of the effective number of samples. A ``cap`` (0 = none) limits every weight to
+    ``cap`` times the lightest before the mean is taken to 1. Classes without train beats get
+    weight 0.
     """
     present = counts > 0
     n = counts[present].astype(np.float64)
     raw = 1.0 / n if kind == "inverse" else (1.0 - beta) / (1.0 - beta**n)
+    if cap:
+        raw = np.minimum(raw, cap * raw.min())
     weights = np.zeros(len(counts), dtype=np.float32)
     weights[present] = raw / raw.mean()
     return weights
@@ -559,7 +568,9 @@ class FocalLoss(nn.Module):
 
 def make_criterion(cfg: TrainingConfig, counts: NDArray[np.int64]) -> nn.Module:
     """``training.loss``; class weights come from the (resampled) train split's counts."""
-    weights = torch.from_numpy(class_weights(counts, cfg.class_weights, cfg.effective_beta))
+    weights = torch.from_numpy(
+        class_weights(counts, cfg.class_weights, cfg.effective_beta, cfg.class_weight_cap)
+    )
     if cfg.loss == "ce":
         return nn.CrossEntropyLoss()
     if cfg.loss == "weighted_ce":

@@ -139,6 +139,14 @@ class SearchConfig(Section):
         "times as many beats",
     )
 
+    fold_seeds: Literal["shared", "distinct"] = Field(
+        "shared",
+        description="folds: shared (every fold model starts from the run's seed: the same "
+        "initial weights) | distinct (each fold model its own seed, drawn from the run's and "
+        "the fold's number: different initial weights, shuffles and augmentation, so the "
+        "ensemble's members err differently)",
+    )
+
     @field_validator("folds")
     @classmethod
     def _not_one_fold(cls, value: int) -> int:

@@ -70,6 +70,14 @@ class TrainingConfig(Section):
         "inverse", description="weighted_ce/focal: inverse frequency or effective number"
     )
     effective_beta: float = Field(0.999, gt=0, lt=1, description="class_weights = effective")
+    class_weight_cap: float = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        description="weighted_ce/focal: no class weighs more than this many times the lightest "
+        "(the most frequent class), so a class of a few beats cannot steer the loss (inverse "
+        "weights give MIT-BIH DS1's 8 Q beats 5,700 times an N beat's weight); 0 = no cap",
+    )
     focal_gamma: float = Field(2.0, ge=0, le=10, description="focal loss focusing parameter")
     focal_weighted: bool = Field(False, description="focal loss with class weights")
     objective: Metric = Field(
@@ -95,4 +103,11 @@ class TrainingConfig(Section):
     def _at_most_the_cores(cls, value: int) -> int:
         if value > CPU_CORES:
             raise _value_error(f"more than the {CPU_CORES} CPU cores this process may use; 0 = all")
+        return value
+
+    @field_validator("class_weight_cap")
+    @classmethod
+    def _cap_of_at_least_one(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise _value_error("a cap below 1 would weigh a class below the lightest; 0 = no cap")
         return value

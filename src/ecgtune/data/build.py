@@ -9,6 +9,7 @@ and caches the result. It never resamples: the trainer resamples the train split
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any
@@ -93,10 +94,42 @@ def resolve_records(data: DataConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
-    """Beats of every record from the leads of ``data.leads`` (a record lacking one: its
-    stand-in, or the record is skipped, as ``data.missing_lead`` says), then the intra or
-    inter split."""
+    """Beats of every record from the leads of ``data.leads`` (:func:`segment_records`), then
+    the intra or inter split."""
     data = config.data
+    segmented = segment_records(data, inputs, progress)
+    beats = pool_record_beats(segmented.parts)
+    if data.split == "intra":
+        split = intra_split(beats.labels, data.test_fraction, data.valid_fraction, config.seed)
+    else:
+        split = inter_split(beats.records, beats.labels, data.valid_fraction, config.seed)
+    symbols = Counter(str(s) for part in segmented.parts for s in part.symbols)
+    info = {
+        "source": "mitdb",
+        "split": data.split,
+        "leads": data.leads,
+        "skipped_records": segmented.skipped,
+        "lead_substitutions": segmented.substituted,
+        "dropped_beats": {reason: count for reason, count in segmented.dropped.items() if count},
+        "beat_symbols": dict(sorted(symbols.items())),
+    }
+    return assemble(beats, split, None, AAMI_CLASSES, info)
+
+
+@dataclass(frozen=True)
+class SegmentedRecords:
+    """The beats of each record kept, the records skipped and why, the lead stand-ins used and
+    the beats dropped by reason."""
+
+    parts: list[RecordBeats]
+    skipped: dict[str, str]
+    substituted: dict[str, dict[str, str]]
+    dropped: Counter[str]
+
+
+def segment_records(data: DataConfig, inputs: Inputs, progress: Progress) -> SegmentedRecords:
+    """Beats of every record of ``inputs`` from the leads of ``data.leads`` (a record lacking
+    one: its stand-in, or the record is skipped, as ``data.missing_lead`` says)."""
     parts: list[RecordBeats] = []
     dropped: Counter[str] = Counter()
     skipped, substituted = dict(inputs.excluded), {}
@@ -117,22 +150,20 @@ def build_mitdb(config: Config, inputs: Inputs, progress: Progress) -> Dataset:
             parts.append(part)
             dropped.update(part.skipped)
             dropped["beyond data.max_beats_per_record"] += n_beats - len(part) - part.skipped_beats
-    beats = pool_record_beats(parts)
-    if data.split == "intra":
-        split = intra_split(beats.labels, data.test_fraction, data.valid_fraction, config.seed)
-    else:
-        split = inter_split(beats.records, beats.labels, data.valid_fraction, config.seed)
-    symbols = Counter(str(s) for part in parts for s in part.symbols)
-    info = {
-        "source": "mitdb",
-        "split": data.split,
-        "leads": data.leads,
-        "skipped_records": skipped,
-        "lead_substitutions": substituted,
-        "dropped_beats": {reason: count for reason, count in dropped.items() if count},
-        "beat_symbols": dict(sorted(symbols.items())),
-    }
-    return assemble(beats, split, None, AAMI_CLASSES, info)
+    return SegmentedRecords(parts, skipped, substituted, dropped)
+
+
+def load_record_beats(config: Config, records: Sequence[str]) -> BeatSet:
+    """The beats of ``records`` alone (MIT-BIH, downloaded and verified as
+    :func:`load_dataset` does, in record order, not cached, no split): what a development run
+    reads when the other records' labels must stay unread, as DS2's in the inter-patient
+    benchmark."""
+    if config.data.source != "mitdb":
+        raise ConfigError(f"data.source = {config.data.source!r}: records need 'mitdb'")
+    data = config.data.model_copy(update={"records": sorted(set(records))})
+    silent = DataProgress()
+    inputs = prepare_inputs(config.model_copy(update={"data": data}), silent.download)
+    return pool_record_beats(segment_records(data, inputs, silent.build).parts)
 
 
 def pool_record_beats(parts: list[RecordBeats]) -> BeatSet:

@@ -12,7 +12,9 @@ the class mix as even as whole records allow; shuffled by ``seed``, so every tri
 same folds). A trial trains one model per fold on the other folds' records, choosing its epoch
 on the fold's own records, and is scored by one confusion matrix over the out-of-fold
 predictions: every train and validation beat predicted by the model that never saw its record.
-The trial keeps the :class:`~ecgtune.models.ensemble.Ensemble` of its fold models (the mean of
+With ``search.fold_seeds = "distinct"`` each fold model trains with its own seed
+(:func:`fold_config`), so the members start from different weights. The trial keeps the
+:class:`~ecgtune.models.ensemble.Ensemble` of its fold models (the mean of
 their class probabilities): every train and validation record is learnt by K - 1 of them, and
 no further training is needed. Its score is the fold models' (the ensemble's own figures on
 these records would be optimistic: each record is in the training of most members).
@@ -55,13 +57,21 @@ def record_folds(
 
 
 def fold_datasets(dataset: Dataset, n_folds: int, seed: int) -> list[Dataset]:
-    """One dataset per fold: the pooled train and validation beats split by :func:`record_folds`
-    (the test split is carried along untouched and never read)."""
-    pool = BeatSet.concatenate([dataset.train, dataset.valid])
+    """One dataset per fold: the train and validation beats pooled in record order (however
+    the records were split between them: the beats of DS1 read alone give the same folds) and
+    split by :func:`record_folds`; the test split is carried along untouched and never read."""
+    pool = pooled_in_record_order(dataset)
     return [
         replace(dataset, train=pool.take(train), valid=pool.take(valid))
         for train, valid in record_folds(pool, n_folds, seed)
     ]
+
+
+def pooled_in_record_order(dataset: Dataset) -> BeatSet:
+    """The train and validation beats as one set, sorted by record (stable: each record's beats
+    keep their order)."""
+    pool = BeatSet.concatenate([dataset.train, dataset.valid])
+    return pool.take(np.argsort(pool.records, kind="stable"))
 
 
 def fit(config: Config, dataset: Dataset, observer: TrainingObserver) -> TrainResult:
@@ -72,21 +82,43 @@ def fit(config: Config, dataset: Dataset, observer: TrainingObserver) -> TrainRe
     return train_model(config, dataset, observer)
 
 
+def fold_config(config: Config, fold: int) -> Config:
+    """The config fold ``fold``'s model trains with: the run's, or with ``search.fold_seeds =
+    "distinct"`` a seed drawn from the run's seed and the fold's number (NumPy's
+    ``SeedSequence``: unrelated streams for every pair, where ``seed + fold`` would give fold 1
+    of seed 42 the start of fold 0 of seed 43)."""
+    if config.search.fold_seeds == "shared":
+        return config
+    seed = int(np.random.SeedSequence([config.seed, fold]).generate_state(1)[0])
+    return config.model_copy(update={"seed": seed})
+
+
+def predict_out_of_fold(
+    models: list[nn.Module], folds: list[Dataset], config: Config
+) -> tuple[BeatSet, NDArray[np.int64]]:
+    """Every pooled beat, fold by fold, and its class as predicted by the model of its fold
+    (the one that never saw its record)."""
+    held_out = BeatSet.concatenate([fold.valid for fold in folds])
+    predicted = [
+        predict(model, fold.valid, config) for model, fold in zip(models, folds, strict=True)
+    ]
+    return held_out, np.concatenate(predicted)
+
+
 def cross_validate(config: Config, dataset: Dataset, observer: TrainingObserver) -> TrainResult:
-    """Train one model per fold (module docstring); the result holds their :class:`Ensemble`
-    and the out-of-fold figures as its ``best_valid``, and ``observer`` hears the runs as one
-    whose epochs follow on."""
+    """Train one model per fold (module docstring); the result holds their :class:`Ensemble`,
+    the out-of-fold figures as its ``best_valid`` and the predictions as its ``out_of_fold``,
+    and ``observer`` hears the runs as one whose epochs follow on."""
     started = time.perf_counter()
     runs = ConsecutiveRuns(observer, config.search.folds)
     folds = fold_datasets(dataset, config.search.folds, config.seed)
-    results = [train_model(config, fold, runs) for fold in folds]
-    pairs = list(zip(results, folds, strict=True))
-    labels = np.concatenate([fold.valid.labels for fold in folds])
-    predicted = np.concatenate([predict(run.model, fold.valid, config) for run, fold in pairs])
-    pooled = compute_metrics(labels, predicted, dataset.class_names)
-    loss = sum(run.best_valid["loss"] * len(fold.valid) for run, fold in pairs) / len(labels)
+    results = [train_model(fold_config(config, i), fold, runs) for i, fold in enumerate(folds)]
+    held_out, predicted = predict_out_of_fold([run.model for run in results], folds, config)
+    pooled = compute_metrics(held_out.labels, predicted, dataset.class_names)
+    pairs = zip(results, folds, strict=True)
+    loss = sum(run.best_valid["loss"] * len(fold.valid) for run, fold in pairs) / len(held_out)
     best_epochs = [run.best_epoch for run in results]
-    counts = BeatSet.concatenate([dataset.train, dataset.valid]).class_counts(dataset.n_classes)
+    counts = held_out.class_counts(dataset.n_classes)
     result = TrainResult(
         model=Ensemble([run.model for run in results]),
         history=runs.history,
@@ -99,6 +131,7 @@ def cross_validate(config: Config, dataset: Dataset, observer: TrainingObserver)
         seconds=time.perf_counter() - started,
         train_counts=dict(zip(dataset.class_names, counts.tolist(), strict=True)),
         class_names=dataset.class_names,
+        out_of_fold=(held_out, predicted),
     )
     observer.on_train_end(result)
     return result
