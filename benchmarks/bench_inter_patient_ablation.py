@@ -7,7 +7,10 @@ fold, each seed in its own process), and reports the mean and sd over the seeds 
 out-of-fold figures and how far it moves from the shipped config's own line, run first in the
 same invocation. DS2 is never read: these lines are what the shipped settings are decided by
 (judged by jκ, ``bench_inter_patient.OBJECTIVE``). Results are written after every line, so an
-interrupted run keeps what it finished; ``--models DIR`` keeps each line's models in
+interrupted run keeps what it finished, and ``--resume`` takes over from the output file every
+line whose effective config (the file with the line's changes, the stored one read by today's
+schema, so a key added since reads as its default) was measured with the same seeds, whatever
+the line was called then; ``--models DIR`` keeps each line's models in
 ``DIR/<line>/`` (``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the
 shipped line's models without training them again).
 
@@ -17,6 +20,8 @@ shipped line's models without training them again).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +41,7 @@ from bench_inter_patient import (
 )
 from machine import machine, write_results
 
-from ecgtune.config import load_config
+from ecgtune.config import load_config, validate_config
 
 INGREDIENTS: dict[str, tuple[str, list[str]]] = {
     "shipped": ("the shipped config as it is", []),
@@ -60,6 +65,19 @@ INGREDIENTS: dict[str, tuple[str, list[str]]] = {
             'training.objective="macro_f1"',
         ],
     ),
+    "patient_adversary": (
+        "training against patient identity added (gradient reversal, weight 0.3)",
+        ["training.patient_adversary=0.3"],
+    ),
+    "no_augmentation": (
+        "no augmentation of the train batches",
+        [f"training.augment.{key}=0" for key in ("scale", "baseline", "noise", "shift")],
+    ),
+    "two_leads": ("both leads, MLII and V1", ['data.leads=["MLII", "V1"]']),
+    "rr_features_all": (
+        "rhythm features replaced by the mean-of-10 RR features (rr_features = all)",
+        ['model.rr_features="all"'],
+    ),
 }
 """Each line: what it changes, and its ``--set`` items."""
 
@@ -71,6 +89,7 @@ def parse_args() -> argparse.Namespace:
         help="the lines to measure, in this order (the shipped line always first)",
     )  # fmt: skip
     parser.add_argument("--models", type=Path, help="keep each line's models in DIR/<line>/")
+    parser.add_argument("--resume", action="store_true", help="reuse lines already measured")
     parser.add_argument(
         "--output",
         type=Path,
@@ -80,9 +99,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str, Any]:
-    """A line's mean figures over the seeds, the sd of S Se and jκ, per-seed figures, and the
-    change of the mean from the shipped line's."""
-    mean, sd = mean_sd([run["ds1_oof"] for run in runs])
+    """A line's mean figures over the seeds' out-of-fold figures (``runs``), the sd of S Se and
+    jκ, per-seed figures, and the change of the mean from the shipped line's."""
+    mean, sd = mean_sd([{k: v for k, v in run.items() if k != "seed"} for run in runs])
     kept = {key: mean["aami"][key] for key in AAMI_FIGURES}
     figures = {
         **kept,
@@ -99,11 +118,36 @@ def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str
             key: round(figures[key] - shipped[key], 4)
             for key in (*AAMI_FIGURES, OBJECTIVE, "sd_se_S", "n_called_f")
         }
-    per_seed = [
-        {"seed": run["seed"], **run["ds1_oof"]["aami"], OBJECTIVE: run["ds1_oof"][OBJECTIVE]}
-        for run in runs
-    ]
+    per_seed = [{"seed": run["seed"], **run["aami"], OBJECTIVE: run[OBJECTIVE]} for run in runs]
     return {**figures, "per_seed": per_seed}
+
+
+def effective(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
+    """The config a line trains (machine keys and the seed left out)."""
+    dump = comparable(load_config(args.config, sets))
+    dump.pop("seed")
+    return dump
+
+
+def measured_lines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """With ``--resume``: the lines of the output file by their effective config, each stored
+    config read by today's schema (same seeds only)."""
+    if not args.resume or not args.output.exists():
+        return {}
+    stored = json.loads(args.output.read_text())
+    if stored["seeds"] != args.seeds:
+        return {}
+    return {
+        json.dumps(today(line["config"]), sort_keys=True): line for line in stored["lines"].values()
+    }
+
+
+def today(dump: dict[str, Any]) -> dict[str, Any]:
+    """A stored effective config as today's schema reads it."""
+    machine_free = validate_config({**dump, "seed": 0}, source="stored line")
+    fresh = comparable(machine_free)
+    fresh.pop("seed")
+    return fresh
 
 
 def main() -> None:
@@ -118,7 +162,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(PACKAGES, torch_threads=args.threads, processes=args.parallel),
         "protocol": (
-            f"per line and seed: {args.config.relative_to(REPO_ROOT)} with the line's --set "
+            f"per line and seed: {os.path.relpath(args.config, REPO_ROOT)} with the line's --set "
             f"items, trained as bench_inter_patient.py trains it on DS1's 22 records alone; "
             f"the mean over the seeds of the out-of-fold figures (every DS1 beat predicted by "
             f"the fold model that never saw its patient), judged by {OBJECTIVE}; DS2 not read"
@@ -128,17 +172,29 @@ def main() -> None:
         "config": comparable(config),
         "lines": lines,
     }
+    done = measured_lines(args)
     for name in names:
         what, sets = INGREDIENTS[name]
-        began = time.perf_counter()
-        models = args.models / name if args.models else None
-        outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
-        shipped = lines.get("shipped")
+        config_of_line = effective(args, sets)
+        previous = done.get(json.dumps(config_of_line, sort_keys=True))
+        if previous is None:
+            began = time.perf_counter()
+            models = args.models / name if args.models else None
+            outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
+            runs = [
+                outcome.figures["ds1_oof"] | {"seed": outcome.figures["seed"]}
+                for outcome in outcomes
+            ]
+            seconds = round(time.perf_counter() - began, 1)
+        else:
+            runs, seconds = previous["runs"], previous["seconds"]
         lines[name] = {
             "what": what,
             "set": sets,
-            **line([outcome.figures for outcome in outcomes], shipped),
-            "seconds": round(time.perf_counter() - began, 1),
+            **line(runs, lines.get("shipped")),
+            "seconds": seconds,
+            "runs": runs,
+            "config": config_of_line,
         }
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         write_results(args.output, result)
