@@ -91,6 +91,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", type=Path, help="keep each line's models in DIR/<line>/")
     parser.add_argument("--resume", action="store_true", help="reuse lines already measured")
     parser.add_argument(
+        "--reuse", type=Path, nargs="*", default=[],
+        help="bench_inter_patient.py results: a line of the same config and seeds is taken",
+    )  # fmt: skip
+    parser.add_argument(
         "--output",
         type=Path,
         default=REPO_ROOT / "benchmarks" / "results" / "inter_patient_ablation.json",
@@ -144,7 +148,7 @@ def measured_lines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def today(dump: dict[str, Any]) -> dict[str, Any]:
     """A stored effective config as today's schema reads it."""
-    machine_free = validate_config({**dump, "seed": 0}, source="stored line")
+    machine_free = validate_config({**dump, "seed": 0}, source="a measured line")
     fresh = comparable(machine_free)
     fresh.pop("seed")
     return fresh
@@ -194,6 +198,7 @@ def main() -> None:
             **line(runs, lines.get("shipped")),
             "seconds": seconds,
             "runs": runs,
+            "seeds": args.seeds,
             "config": config_of_line,
         }
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
