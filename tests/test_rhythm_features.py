@@ -1,6 +1,6 @@
 """Rhythm features that mean the same on every patient (issue 19): the local reference RR
 over seconds or without premature intervals, the long reference, previous / next, the QRS
-width, checked on the real records where they matter (232 holds most of DS2's S beats).
+width, checked on the real DS1 records where they matter (209 and 207 hold runs of S beats).
 
 Rank statistics (ROC AUC) measure how well a feature separates two classes, whatever
 threshold a model would put on it."""
@@ -47,17 +47,20 @@ def auc_of_short(beats: RecordBeats, name: str, positive: int) -> float:
     return float(roc_auc_score(beats.labels[pair] == positive, -column(beats, name)[pair]))
 
 
-def test_record_232_a_beats_stand_out_better_than_with_the_mean_of_10_beats(
-    mitdb_dir: Path,
+@pytest.mark.parametrize(("record", "s_beats", "margin"), [("209", 383, 0.15), ("207", 107, 0.3)])
+def test_s_runs_of_ds1_stand_out_better_than_with_the_mean_of_10_beats(
+    mitdb_dir: Path, record: str, s_beats: int, margin: float
 ) -> None:
-    """232's 1,382 A beats come in long runs between long pauses, so the last 10 beats are
-    mostly A beats themselves; a reference over seconds (short intervals weigh less) or
-    without the premature intervals, and the 5-minute reference, rank them better."""
-    beats = beats_of(mitdb_dir, "232")
-    assert np.count_nonzero(beats.labels == S) == 1382
-    today = auc_of_short(beats, "rr_previous_by_local", S)
+    """DS1's runs of supraventricular tachycardia (209: 383 S beats, 207: 107): inside a run the
+    last 10 intervals are the run's own, so a ratio to their mean hardly marks the run's beats
+    as premature (ROC AUC against N 0.80 on 209, 0.56 on 207); over the seconds reference
+    (short intervals weigh less), without the premature intervals (robust) or over 5 minutes
+    (long) they stand out (0.92 to 1.00). Measured on DS1 only: DS2 is a test set."""
+    beats = beats_of(mitdb_dir, record)
+    assert np.count_nonzero(beats.labels == S) == s_beats
+    mean_of_10 = auc_of_short(beats, "rr_previous_by_local", S)
     for name in ("rr_previous_by_seconds", "rr_previous_by_robust", "rr_previous_by_long"):
-        assert auc_of_short(beats, name, S) > today + 0.004, name
+        assert auc_of_short(beats, name, S) > mean_of_10 + margin, name
 
 
 def synthetic_rhythm(rr_seconds: list[float]) -> tuple[Lead, Annotations]:
