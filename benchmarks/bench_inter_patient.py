@@ -248,13 +248,17 @@ def seed_models(
 
 MACHINE_KEYS = {"data": ("raw_dir", "cache_dir"), "training": ("num_threads",)}
 """Keys that say where and how fast a run goes, not what it measures."""
+TRAINING_SEARCH_KEYS = ("folds", "fold_seeds")
+"""The ``[search]`` keys a ``train`` run reads; the others shape the search alone."""
 
 
 def comparable(config: Config) -> dict[str, Any]:
-    """A config dump without the keys that differ between machines and runs of a benchmark."""
+    """A config dump of what a benchmark's training measures: without the keys that differ
+    between machines and runs, nor the ``[search]`` keys ``train`` does not read."""
     dump = config.model_dump(mode="json", exclude={"tracking"})
     for section, keys in MACHINE_KEYS.items():
         dump[section] = {key: value for key, value in dump[section].items() if key not in keys}
+    dump["search"] = {key: dump["search"][key] for key in TRAINING_SEARCH_KEYS}
     return dump
 
 

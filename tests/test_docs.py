@@ -263,21 +263,53 @@ FIELDS: dict[str, dict[str, str]] = {
         "time": "quality.wall_seconds",
     },
     "inter_patient.json": {
-        "beats": "ds2.beats",
-        "macro-F1": "ds2.macro_f1",
-        "S Se": "ds2.aami.se_S",
-        "S +P": "ds2.aami.ppv_S",
-        "V Se": "ds2.aami.se_V",
-        "V +P": "ds2.aami.ppv_V",
+        "beats": "ds2.mean.beats",
+        "macro-F1": "ds2.mean.macro_f1",
+        "S Se": "ds2.mean.aami.se_S",
+        "S +P": "ds2.mean.aami.ppv_S",
+        "V Se": "ds2.mean.aami.se_V",
+        "V +P": "ds2.mean.aami.ppv_V",
+        "jκ": "ds2.mean.jkappa",
+        "sd of S Se": "ds2.sd.aami.se_S",
+        "S Se 95 %": "ds2.interval_95.se_S",
+        "S +P 95 %": "ds2.interval_95.ppv_S",
+        "N called F": "ds2.mean.n_called_f",
         "time": "wall_seconds",
     },
+    "inter_patient.json#ds1": {
+        "beats": "ds1_oof.mean.beats",
+        "macro-F1": "ds1_oof.mean.macro_f1",
+        "S Se": "ds1_oof.mean.aami.se_S",
+        "S +P": "ds1_oof.mean.aami.ppv_S",
+        "V Se": "ds1_oof.mean.aami.se_V",
+        "V +P": "ds1_oof.mean.aami.ppv_V",
+        "jκ": "ds1_oof.mean.jkappa",
+        "sd of S Se": "ds1_oof.sd.aami.se_S",
+        "N called F": "ds1_oof.mean.n_called_f",
+    },
     "inter_patient.json#baseline": {
-        "beats": "baseline.ds2.beats",
-        "macro-F1": "baseline.ds2.macro_f1",
-        "S Se": "baseline.ds2.aami.se_S",
-        "S +P": "baseline.ds2.aami.ppv_S",
-        "V Se": "baseline.ds2.aami.se_V",
-        "V +P": "baseline.ds2.aami.ppv_V",
+        "beats": "baseline.ds2.mean.beats",
+        "macro-F1": "baseline.ds2.mean.macro_f1",
+        "S Se": "baseline.ds2.mean.aami.se_S",
+        "S +P": "baseline.ds2.mean.aami.ppv_S",
+        "V Se": "baseline.ds2.mean.aami.se_V",
+        "V +P": "baseline.ds2.mean.aami.ppv_V",
+        "jκ": "baseline.ds2.mean.jkappa",
+        "sd of S Se": "baseline.ds2.sd.aami.se_S",
+        "S Se 95 %": "baseline.ds2.interval_95.se_S",
+        "S +P 95 %": "baseline.ds2.interval_95.ppv_S",
+        "N called F": "baseline.ds2.mean.n_called_f",
+    },
+    "inter_patient.json#baseline_ds1": {
+        "beats": "baseline.ds1_oof.mean.beats",
+        "macro-F1": "baseline.ds1_oof.mean.macro_f1",
+        "S Se": "baseline.ds1_oof.mean.aami.se_S",
+        "S +P": "baseline.ds1_oof.mean.aami.ppv_S",
+        "V Se": "baseline.ds1_oof.mean.aami.se_V",
+        "V +P": "baseline.ds1_oof.mean.aami.ppv_V",
+        "jκ": "baseline.ds1_oof.mean.jkappa",
+        "sd of S Se": "baseline.ds1_oof.sd.aami.se_S",
+        "N called F": "baseline.ds1_oof.mean.n_called_f",
     },
 }
 ABLATION = "inter_patient_ablation.json"
@@ -288,6 +320,8 @@ ABLATION_FIELDS = {
     "V +P": "ppv_V",
     "jκ": "jkappa",
     "sd of S Se": "sd_se_S",
+    "sd of jκ": "sd_jkappa",
+    "N called F": "n_called_f",
 }
 FIELDS.update(
     {
@@ -335,14 +369,17 @@ def figure_tables(text: str) -> Iterator[tuple[list[str], list[list[str]]]]:
 
 def cell_matches(cell: str, value: Any) -> bool:
     """The cell shows ``value`` at its own rounding: ``0.945``, ``21,899``, ``28 min 38 s``,
-    ``–`` for none."""
+    ``–`` for none, ``0.61–0.93`` for an interval ``[0.61, 0.93]``."""
     text = cell.replace("*", "").strip()
     if value is None:
         return text == "–"
+    if isinstance(value, list):
+        ends = text.split("–")
+        return len(ends) == 2 == len(value) and all(map(cell_matches, ends, value))
     if minutes := re.fullmatch(r"(\d+) min (\d+) s", text):
         return bool(int(minutes.group(1)) * 60 + int(minutes.group(2)) == round(value))
     if re.fullmatch(r"\d{1,3}(,\d{3})*", text):
-        return bool(int(text.replace(",", "")) == value)
+        return bool(int(text.replace(",", "")) == round(value))
     if decimals := re.fullmatch(r"\d+\.(\d+)", text):
         return text == f"{value:.{len(decimals.group(1))}f}"
     return False
@@ -388,7 +425,7 @@ def test_every_figure_of_the_readme_equals_its_benchmark_json() -> None:
 
 def test_the_inter_patient_page_quotes_the_json() -> None:
     wrong, files, names = figure_mismatches((REPO_ROOT / "docs" / "inter-patient.md").read_text())
-    shown = {"inter_patient.json", "inter_patient.json#baseline"}
+    shown = {key for key in FIELDS if key.startswith("inter_patient.json")}
     assert wrong == [] and files == shown | {key for key in FIELDS if ABLATION in key} and names
 
 
@@ -407,14 +444,14 @@ def test_a_row_is_checked_against_the_part_its_link_names() -> None:
     """The baseline row against the JSON's baseline, an ablation row against its own line: a
     changed figure, or a link naming another part, is found."""
     text = README.read_text(encoding="utf-8")
-    baseline = results("inter_patient.json")["baseline"]["ds2"]["aami"]["se_S"]
+    baseline = results("inter_patient.json")["baseline"]["ds2"]["mean"]["aami"]["se_S"]
     cell = f"| {baseline:.3f} |"
     row = next(line for line in text.splitlines() if "[JSON: baseline]" in line)
     assert cell in row
     changed, _, _ = figure_mismatches(text.replace(row, row.replace(cell, "| 0.999 |")))
     assert [line.split(" | ")[1] for line in changed] == [f"S Se: 0.999 (JSON: {baseline})"]
-    swapped, _, _ = figure_mismatches(text.replace("[JSON: shipped]", "[JSON: rr_head_concat]"))
-    assert swapped and all("rr_head_concat" in line for line in swapped)
+    swapped, _, _ = figure_mismatches(text.replace("[JSON: shipped]", "[JSON: second_push]"))
+    assert swapped and all("second_push" in line for line in swapped)
 
 
 # docs/config.md: the "Every key" section holds one row per key of the schema, with its

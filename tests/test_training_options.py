@@ -11,6 +11,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,12 @@ from torch import nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau
 
-from ecgtune.config import TrainingConfig, validate_config
+from ecgtune.config import AAMI_CLASSES, TrainingConfig, validate_config
+from ecgtune.data.beats import RR_COLUMNS
 from ecgtune.errors import ConfigError
+from ecgtune.models import build_model
+from ecgtune.report import load_checkpoint, save_checkpoint
+from ecgtune.search.space import build_search_space
 from ecgtune.training import (
     FocalLoss,
     autocast_context,
@@ -30,6 +35,7 @@ from ecgtune.training import (
     make_optimizer,
     make_scheduler,
 )
+from tests.conftest import TINY_CNN
 
 CPU = torch.device("cpu")
 LR = 0.01
@@ -298,3 +304,43 @@ def test_autocast_runs_layers_in_the_configured_precision_on_the_cpu(
 def test_fp16_on_the_cpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"training\.precision = 'fp16' needs a CUDA device"):
         autocast_context("fp16", CPU)
+
+
+def test_the_weight_cap_is_searchable_and_checked_in_the_space() -> None:
+    """``training.class_weight_cap`` is a trial's setting; ``search.fold_seeds``, like every
+    ``search.*`` key, is the search's own (refused in the space)."""
+    space = {"training.class_weight_cap": {"choice": [0.0, 20.0, 50.0]}}
+    config = validate_config({"search": {"space": space}})
+    assert build_search_space(config).candidate_values("training.class_weight_cap") == [
+        0.0,
+        20.0,
+        50.0,
+    ]
+    seeds = validate_config({"search": {"space": {"search.fold_seeds": {"choice": ["shared"]}}}})
+    with pytest.raises(ConfigError, match=r"only model\.\*, training\.\*"):
+        build_search_space(seeds)
+    bad = validate_config({"search": {"space": {"training.class_weight_cap": {"choice": [0.5]}}}})
+    with pytest.raises(ConfigError, match=r"can draw 0\.5, which the config rejects"):
+        build_search_space(bad)
+
+
+def test_a_checkpoint_saved_before_the_weight_cap_and_fold_seeds_loads_and_predicts_the_same(
+    tmp_path: Path,
+) -> None:
+    """Both keys shape training only: a checkpoint whose config lacks them (saved before they
+    existed) loads with their defaults and predicts exactly as before."""
+    config = validate_config({"model": TINY_CNN, "training": {"class_weight_cap": 50}})
+    model = build_model(config, 5)
+    path = tmp_path / "best_model.pt"
+    save_checkpoint(path, model, config, AAMI_CLASSES)
+    saved = torch.load(path, weights_only=True)
+    del saved["config"]["training"]["class_weight_cap"], saved["config"]["search"]["fold_seeds"]
+    torch.save(saved, path)
+    loaded, loaded_config, _ = load_checkpoint(path)
+    assert loaded_config.training.class_weight_cap == 0.0
+    assert loaded_config.search.fold_seeds == "shared"
+    signals = torch.randn(4, 1, 187, generator=torch.Generator().manual_seed(0))
+    rr = torch.rand(4, len(RR_COLUMNS), generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(signals, rr), loaded(signals, rr))
