@@ -259,7 +259,8 @@ def gbm_baseline(config: Config, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = load_dataset(config)
     ds1 = BeatSet.concatenate([dataset.train, dataset.valid])
-    columns = rr_column_indices(config.model.rr_features, config.model.rr_reference)
+    model = config.model
+    columns = rr_column_indices(model.rr_features, model.rr_reference, model.rr_irregularity)
     counts = ds1.class_counts(dataset.n_classes)
     weights = class_weights(counts, "inverse", 0.999)[ds1.labels]
     booster = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
