@@ -277,7 +277,7 @@ def fit_booster(
 ) -> Callable[[BeatSet], NDArray[np.int64]]:
     """Gradient boosting fitted on ``beats`` with the network's class weights; its predictor."""
     training, model = config.training, config.model
-    columns = rr_column_indices(model.rr_features, model.rr_reference)
+    columns = rr_column_indices(model.rr_features, model.rr_reference, model.rr_irregularity)
     counts = beats.class_counts(len(AAMI_CLASSES))
     weights = class_weights(
         counts, training.class_weights, training.effective_beta, training.class_weight_cap

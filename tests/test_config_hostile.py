@@ -350,6 +350,23 @@ def test_a_local_window_too_short_to_hold_an_interval_is_refused(tmp_path: Path)
     assert validate_config({"data": {"rr_local_seconds": 10}}).data.rr_local_seconds == 10
 
 
+def test_irregularity_without_a_rhythm_selection_is_refused(tmp_path: Path) -> None:
+    """``model.rr_irregularity`` adds columns to the rhythm selections only: true with
+    ``rr_features = "all"`` is one line and exit 2 from the real command line, naming both
+    keys and what is allowed; off by default, it goes with any selection."""
+    path = write_config(tmp_path, safe_data(tmp_path) + '[model]\nrr_features = "all"\n')
+    message = run_data_command(path, "--set", "model.rr_irregularity=true")
+    assert message.endswith(
+        "model.rr_irregularity = true adds columns to the rhythm selections, and "
+        "model.rr_features = 'all' is none of them: use 'rhythm' or 'rhythm_record', or "
+        "model.rr_irregularity = false"
+    )
+    assert validate_config({"model": {"rr_features": "all"}}).model.rr_irregularity is False
+    for selection in ("rhythm", "rhythm_record"):
+        raw = {"model": {"rr_features": selection, "rr_irregularity": True}}
+        assert validate_config(raw).model.rr_irregularity is True
+
+
 def test_mlflow_uri_scheme_must_be_one_mlflow_supports(tmp_path: Path) -> None:
     text = safe_data(tmp_path) + '[tracking]\nmlflow_uri = "s3://bucket/mlruns"\n'
     message = run_data_command(write_config(tmp_path, text))

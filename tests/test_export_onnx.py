@@ -124,7 +124,9 @@ def test_onnx_file_has_named_inputs_a_dynamic_batch_and_logits(exported: Trained
     assert beats_dims == [exported.config.data.input_channels, exported.config.data.beat_length]
     if uses_rr:
         rr_width = graph.input[1].type.tensor_type.shape.dim[1].dim_value
-        assert rr_width == len(rr_column_indices(exported.config.model.rr_features))
+        model = exported.config.model
+        selected = rr_column_indices(model.rr_features, model.rr_reference, model.rr_irregularity)
+        assert rr_width == len(selected)
 
 
 def test_sidecar_says_how_to_cut_and_feed_a_beat(exported: TrainedRun) -> None:
@@ -132,7 +134,8 @@ def test_sidecar_says_how_to_cut_and_feed_a_beat(exported: TrainedRun) -> None:
     data = exported.config.data
     assert spec["class_names"] == list(exported.dataset.class_names)
     assert (spec["target_hz"], spec["beat_length"]) == (data.target_hz, data.beat_length)
-    selected = rr_column_indices(exported.config.model.rr_features)
+    model = exported.config.model
+    selected = rr_column_indices(model.rr_features, model.rr_reference, model.rr_irregularity)
     assert spec["rr_columns"] == [RR_COLUMNS[index] for index in selected]
     rules = spec["beat_rules"]
     for key in ("leads", "window", "beat_span", "normalise", "baseline", "rr_local_beats"):

@@ -13,6 +13,9 @@ Activation = Literal["relu", "gelu", "leaky_relu", "silu"]
 Pooling = Literal["max", "avg", "none"]
 RRFeatures = Literal["none", "raw", "normalised", "all", "rhythm", "rhythm_record"]
 RRReference = Literal["beats", "seconds", "robust"]
+RHYTHM_SELECTIONS: tuple[RRFeatures, ...] = ("rhythm", "rhythm_record")
+"""The ``rr_features`` options that read the rhythm columns, and so ``rr_reference`` and
+``rr_irregularity``."""
 RRHead = Literal["concat", "mlp"]
 
 
@@ -114,6 +117,13 @@ class ModelConfig(Section):
         "intervals of the last data.rr_local_seconds) | robust (the same without premature "
         "intervals)",
     )
+    rr_irregularity: bool = Field(
+        False,
+        description="rr_features = rhythm | rhythm_record: add the three irregularity columns "
+        "over the data.rr_local_seconds window (the spread and the successive differences of "
+        "its intervals by the robust reference, the fraction of them premature), which tell "
+        "atrial fibrillation from premature beats",
+    )
     rr_head: RRHead = Field(
         "concat",
         description="how the RR features reach the head: concat (appended to the encoder's "
@@ -152,6 +162,16 @@ class ModelConfig(Section):
                 raise _rule_error(f"model.{key} = {values}: entries must be >= 1 and <= {high}")
         return self
 
+    @model_validator(mode="after")
+    def _check_irregularity_has_rhythm(self) -> Self:
+        if self.rr_irregularity and self.rr_features not in RHYTHM_SELECTIONS:
+            raise _rule_error(
+                f"model.rr_irregularity = true adds columns to the rhythm selections, and "
+                f"model.rr_features = {self.rr_features!r} is none of them: use 'rhythm' or "
+                f"'rhythm_record', or model.rr_irregularity = false"
+            )
+        return self
+
     @field_validator("rr_features", mode="before")
     @classmethod
     def _rr_features_is_no_longer_a_bool(cls, value: Any) -> Any:
@@ -177,8 +197,8 @@ class ModelConfig(Section):
             return self.kind == "cnn" or self.conv_frontend
         if name in ("rr_head", "rr_hidden"):
             return self.rr_features != "none" and (name == "rr_head" or self.rr_head == "mlp")
-        if name == "rr_reference":
-            return self.rr_features in ("rhythm", "rhythm_record")
+        if name in ("rr_reference", "rr_irregularity"):
+            return self.rr_features in RHYTHM_SELECTIONS
         return True
 
     @property

@@ -47,15 +47,22 @@ Rules (one record at a time, every beat of the record cut at once with numpy ind
   down less); both divided by the *robust* reference, the same without the premature
   intervals (shorter than ``rr_premature`` x the seconds reference before them), or the
   seconds reference where its window holds no other interval; both divided by the *long*
-  reference, the robust one over ``rr_long_seconds``; and the previous interval over the next
-  one (prematurity and compensatory pause in one number). Ratios make patients with different
-  heart rates comparable: a premature beat has a previous-RR ratio well below 1 whatever the
-  patient's rate. Every reference is causal (a later beat never changes it, so it can be
-  computed on a stream) and taken over the intervals up to and including the beat's previous
-  one; the first beat has none and borrows its next interval. Only the ``by_record`` columns
+  reference, the robust one over ``rr_long_seconds``; the previous interval over the next
+  one (prematurity and compensatory pause in one number); and the rhythm's *irregularity* over
+  the seconds reference's window: the standard deviation of its intervals
+  (``rr_spread_by_robust``) and the mean absolute difference of its successive pairs, both
+  intervals inside it (``rr_successive_by_robust``, 0 where it holds one interval), both
+  divided by the robust reference, and the fraction of its intervals that are premature
+  (``rr_premature_fraction``). In atrial fibrillation every interval looks premature against
+  a mean; these tell a beat inside an irregular rhythm from a lone premature beat in a regular
+  one. Ratios make patients with different heart rates comparable: a premature beat has a
+  previous-RR ratio well below 1 whatever the patient's rate. Every reference (and the
+  irregularity) is causal (a later beat never changes it, so it can be computed on a stream)
+  and taken over the intervals up to and including the beat's previous one; the first beat
+  has none and borrows its next interval. Only the ``by_record`` columns
   read the whole record, future beats included; ``model.rr_features`` picks the columns the
   head reads (:func:`rr_selection`), ``model.rr_reference`` which local reference the
-  ``rhythm`` selections use.
+  ``rhythm`` selections use, ``model.rr_irregularity`` whether they add the irregularity.
 * **QRS width** (column ``qrs_width``, seconds, from the first of ``data.leads`` after
   resampling and baseline removal): the slope ``|x[t+1] - x[t-1]| / 2`` smoothed over
   :data:`QRS_SMOOTH_SECONDS`, within :data:`QRS_SEARCH_SECONDS` either side of the R peak; the
@@ -88,7 +95,13 @@ from scipy.ndimage import median_filter
 from scipy.signal import butter, resample_poly, sosfiltfilt
 from wfdb.io.annotation import ann_label_table
 
-from ecgtune.config import AAMI_CLASSES, DataConfig, RRFeatures, RRReference
+from ecgtune.config import (
+    AAMI_CLASSES,
+    RHYTHM_SELECTIONS,
+    DataConfig,
+    RRFeatures,
+    RRReference,
+)
 from ecgtune.data.records import Annotations, Lead
 
 AAMI_SYMBOLS: dict[str, str] = {
@@ -117,6 +130,9 @@ RR_COLUMNS = (
     "rr_next_by_long",
     "rr_previous_by_next",
     "qrs_width",
+    "rr_spread_by_robust",
+    "rr_successive_by_robust",
+    "rr_premature_fraction",
 )
 """The columns of every beat's ``rr`` row (module docstring): seconds, ratios, the QRS width.
 New columns go at the end, so the selections of models saved before them read what they did."""
@@ -128,6 +144,10 @@ LOCAL_PAIRS: dict[RRReference, tuple[str, str]] = {
 """The previous and next RR over each local reference (``model.rr_reference``)."""
 RHYTHM_REST = ("rr_previous_by_long", "rr_next_by_long", "rr_previous_by_next", "qrs_width")
 BY_RECORD = ("rr_previous_by_record", "rr_next_by_record", "rr_local_by_record")
+IRREGULARITY = ("rr_spread_by_robust", "rr_successive_by_robust", "rr_premature_fraction")
+"""How irregular the rhythm before a beat is (``model.rr_irregularity``): in atrial
+fibrillation every interval looks premature against a mean, and these tell that rhythm from a
+lone premature beat in a regular one."""
 FIXED_SELECTIONS: dict[str, tuple[str, ...]] = {
     "none": (),
     "raw": RR_COLUMNS[:2],
@@ -210,20 +230,25 @@ def aami_labels(symbols: NDArray[np.str_]) -> NDArray[np.int64]:
     return table[inverse.reshape(-1)]
 
 
-def rr_selection(features: RRFeatures, reference: RRReference = "beats") -> tuple[str, ...]:
+def rr_selection(
+    features: RRFeatures, reference: RRReference = "beats", irregularity: bool = False
+) -> tuple[str, ...]:
     """The columns a ``model.rr_features`` option feeds to the head: the fixed selections, or
     ``rhythm`` (previous and next RR over the ``reference`` and over the long reference,
     previous / next, QRS width: nothing read from the whole record) and ``rhythm_record``
-    (``rhythm`` and the by-record ratios)."""
-    if features not in ("rhythm", "rhythm_record"):
+    (``rhythm`` and the by-record ratios), each followed by the :data:`IRREGULARITY` columns
+    when ``irregularity`` (``model.rr_irregularity``, which the config allows only with them)."""
+    if features not in RHYTHM_SELECTIONS:
         return FIXED_SELECTIONS[features]
-    rhythm = LOCAL_PAIRS[reference] + RHYTHM_REST
-    return rhythm + (BY_RECORD if features == "rhythm_record" else ())
+    by_record = BY_RECORD if features == "rhythm_record" else ()
+    return LOCAL_PAIRS[reference] + RHYTHM_REST + by_record + (IRREGULARITY if irregularity else ())
 
 
-def rr_column_indices(features: RRFeatures, reference: RRReference = "beats") -> list[int]:
+def rr_column_indices(
+    features: RRFeatures, reference: RRReference = "beats", irregularity: bool = False
+) -> list[int]:
     """Positions in :data:`RR_COLUMNS` of the columns :func:`rr_selection` picks."""
-    return [RR_COLUMNS.index(name) for name in rr_selection(features, reference)]
+    return [RR_COLUMNS.index(name) for name in rr_selection(features, reference, irregularity)]
 
 
 def segment_record(
@@ -251,7 +276,8 @@ def segment_record(
         for signal, lead in zip(prepared, leads, strict=True)
     ]
     signals = per_lead[0] if len(per_lead) == 1 else np.stack(per_lead, axis=1)
-    features = np.column_stack([rr_features(rr, config), qrs_widths(prepared[0], peaks, config)])
+    widths = qrs_widths(prepared[0], peaks, config)
+    features = np.insert(rr_features(rr, config), RR_COLUMNS.index("qrs_width"), widths, axis=1)
     keep = slice(0, config.max_beats_per_record)
     return RecordBeats(
         record=record,
@@ -476,8 +502,8 @@ def window_median_rr(
 
 
 def rr_features(rr: NDArray[np.float64], config: DataConfig) -> NDArray[np.float64]:
-    """The RR columns of :data:`RR_COLUMNS` (all but ``qrs_width``) of every beat from the
-    record's RR intervals (module docstring)."""
+    """The RR columns of :data:`RR_COLUMNS` (all but ``qrs_width``, in their order) of every
+    beat from the record's RR intervals (module docstring)."""
     previous = np.concatenate([rr[:1], rr])
     following = np.concatenate([rr, rr[-1:]])
     record_mean = rr.mean()
@@ -502,7 +528,47 @@ def rr_features(rr: NDArray[np.float64], config: DataConfig) -> NDArray[np.float
         following / long,
         previous / following,
     )
-    return np.stack(columns, axis=1)
+    spread, successive, premature = irregularity(rr, ~regular, config.rr_local_seconds)
+    return np.stack((*columns, spread / robust, successive / robust, premature), axis=1)
+
+
+def irregularity(
+    rr: NDArray[np.float64], premature: NDArray[np.bool_], seconds: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per beat, how irregular the intervals of its ``seconds`` window are (the window of
+    :func:`seconds_mean_rr`): their standard deviation, the mean absolute difference of the
+    successive pairs inside it (0 where it holds one interval) and the fraction of them that
+    is ``premature``. The first beat borrows the second's window, its next interval alone.
+
+    The running sums are of the intervals minus the record's first one: the variance does not
+    move with that shift, a regular rhythm's sums of squares cancel to exactly 0 instead of to
+    rounding noise on the squares of whole seconds, and the shift is known to a stream from
+    its start."""
+    starts, stops = seconds_windows(rr, seconds)
+    centred = rr - rr[0]
+    mean = mean_between(centred, None, starts, stops)
+    variance = mean_between(centred**2, None, starts, stops) - mean**2
+    spread = np.sqrt(np.maximum(variance, 0.0))
+    pairs = mean_between(np.abs(np.diff(rr)), None, starts, stops - 1)
+    successive = np.nan_to_num(pairs, nan=0.0)
+    fraction = mean_between(premature.astype(np.float64), None, starts, stops)
+    return borrowed(spread), borrowed(successive), borrowed(fraction)
+
+
+def borrowed(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """One value per interval (its window ending with it) to one per beat: a beat reads its
+    previous interval's, the first beat its next one's."""
+    return np.concatenate([values[:1], values])
+
+
+def seconds_windows(
+    rr: NDArray[np.float64], seconds: float
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Per interval, the range ``[start, stop)`` of the intervals that ended in the ``seconds``
+    up to and including its end: it always holds the interval itself."""
+    ends = np.cumsum(rr)
+    starts = np.searchsorted(ends, ends - seconds, side="right")
+    return starts, np.arange(1, rr.size + 1)
 
 
 def seconds_mean_rr(
@@ -512,14 +578,12 @@ def seconds_mean_rr(
     the ``seconds`` up to and including its previous one (the end of that interval); where none
     is kept, the mean of all of them. The first beat has no interval before it and takes its
     next."""
-    ends = np.cumsum(rr)
-    starts = np.searchsorted(ends, ends - seconds, side="right")
-    last = np.arange(1, rr.size + 1)
+    starts, last = seconds_windows(rr, seconds)
     mean = mean_between(rr, None, starts, last)
     if kept is not None:
         some = mean_between(rr, kept, starts, last)
         mean = np.where(np.isnan(some), mean, some)
-    return np.concatenate([rr[:1], mean])
+    return borrowed(mean)
 
 
 def mean_between(

@@ -20,10 +20,11 @@ from ecgtune.config import Config
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.files import atomic_write
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """2: ``data.window``, ``normalise``, ``baseline``, ``pre_r_seconds``, ``rr_local_beats``; RR
 features of :data:`~ecgtune.data.beats.RR_COLUMNS` instead of two raw intervals. 3: the long
-reference, previous / next and QRS width columns; ``data.rr_reference`` and its keys."""
+reference, previous / next and QRS width columns; ``data.rr_reference`` and its keys. 4: the
+irregularity columns (``model.rr_irregularity``)."""
 SPLITS = ("train", "valid", "test")
 KEY_EXCLUDED = {"raw_dir", "base_url", "cache_dir", "resample", "train_files", "test_files"}
 

@@ -295,6 +295,7 @@ class BeatClassifier(nn.Module):
         rr_features: RRFeatures,
         rr_encoder: nn.Module | None = None,
         rr_reference: RRReference = "beats",
+        rr_irregularity: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -302,7 +303,8 @@ class BeatClassifier(nn.Module):
         self.head = head
         self.in_channels = in_channels
         self.rr_features = rr_features
-        index = torch.tensor(rr_column_indices(rr_features, rr_reference), dtype=torch.long)
+        columns = rr_column_indices(rr_features, rr_reference, rr_irregularity)
+        index = torch.tensor(columns, dtype=torch.long)
         self.register_buffer("rr_index", index, persistent=False)
 
     def forward(self, signals: Tensor, rr: Tensor | None = None) -> Tensor:

@@ -77,12 +77,18 @@ def assemble_classifier(
     """The encoder layers (ending in ``features`` per beat) joined to the head; the RR
     features ``model.rr_features`` selects widen the head's input, through their own path
     (``model.rr_head``)."""
-    selected = len(rr_column_indices(model.rr_features, model.rr_reference))
+    selected = len(rr_column_indices(model.rr_features, model.rr_reference, model.rr_irregularity))
     rr_encoder, rr_width = rr_path(selected, model.rr_head, model.rr_hidden, model.activation)
     head = classifier_head(
         features + rr_width, model.fc_sizes, model.activation, model.dropout, n_classes
     )
     encoder_module = nn.Sequential(OrderedDict(encoder))
     return BeatClassifier(
-        encoder_module, head, in_channels, model.rr_features, rr_encoder, model.rr_reference
+        encoder_module,
+        head,
+        in_channels,
+        model.rr_features,
+        rr_encoder,
+        model.rr_reference,
+        model.rr_irregularity,
     )
