@@ -213,7 +213,8 @@ def record_bootstrap_confusions(
     per_record = np.bincount(cells, minlength=size).reshape(len(names), n_classes, n_classes)
     chosen = np.random.default_rng(seed).integers(0, len(names), size=(draws, len(names)))
     counts = np.stack([np.bincount(row, minlength=len(names)) for row in chosen])
-    return np.einsum("dr,rij->dij", counts, per_record).astype(np.int64)
+    draws_matrices: NDArray[np.int64] = np.einsum("dr,rij->dij", counts, per_record)
+    return draws_matrices.astype(np.int64)
 
 
 def _class_metrics(name: str, tp: int, support: int, predicted: int, total: int) -> ClassMetrics:
