@@ -1,18 +1,19 @@
 """What each ingredient of the shipped inter-patient experiment does, on DS1 alone.
 
-Every line trains the shipped ``configs/inter_patient.toml`` with one ingredient changed (its
-``--set`` items, the rest as shipped) over the same seeds, exactly as
+Every line trains the shipped ``configs/inter_patient.toml`` with its ``--set`` items (the
+rest as shipped; :data:`INGREDIENTS` says what each changes and, where it is not the shipped
+line, against which line it is one change) over the same seeds, exactly as
 ``bench_inter_patient.py`` trains it (DS1's records read alone, one model per record-grouped
 fold, each seed in its own process), and reports the mean and sd over the seeds of its DS1
-out-of-fold figures and how far it moves from the shipped config's own line, run first in the
-same invocation. DS2 is never read: these lines are what the shipped settings are decided by
-(judged by jκ, ``bench_inter_patient.OBJECTIVE``). Results are written after every line, so an
-interrupted run keeps what it finished, and ``--resume`` takes over from the output file every
-line whose effective config (the file with the line's changes, the stored one read by today's
-schema, so a key added since reads as its default) was measured with the same seeds, whatever
-the line was called then; ``--models DIR`` keeps each line's models in
-``DIR/<line>/`` (``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the
-shipped line's models without training them again).
+out-of-fold figures and how far it moves from the shipped config's own line, run first. DS2 is
+never read: these lines are what the shipped settings are decided by (judged by jκ,
+``bench_inter_patient.OBJECTIVE``). Results are written after every line, so an interrupted run
+keeps what it finished, and ``--resume`` takes over from the output file every line whose
+effective config (the file with the line's changes; a stored one is read by today's schema, so
+a key added since reads as its default) was measured with the same seeds, whatever the line was
+called then; ``--reuse`` does the same from ``bench_inter_patient.py`` results. ``--models DIR``
+keeps each line's models in ``DIR/<line>/`` (``bench_inter_patient.py --final --models
+DIR/shipped`` then reads DS2 with the shipped line's models without training them again).
 
     .venv/bin/python benchmarks/bench_inter_patient_ablation.py --raw-dir ../shared/data/mitdb
 """
@@ -43,27 +44,33 @@ from machine import machine, write_results
 
 from ecgtune.config import load_config, validate_config
 
+NO_IRREGULARITY = "model.rr_irregularity=false"
+DISTINCT = 'search.fold_seeds="distinct"'
 INGREDIENTS: dict[str, tuple[str, list[str]]] = {
     "shipped": ("the shipped config as it is", []),
-    "shared_fold_seeds": (
-        "every fold model from the run's seed (search.fold_seeds = shared)",
-        ['search.fold_seeds="shared"'],
+    "without_irregularity": (
+        "without the rhythm-irregularity columns (model.rr_irregularity = false)",
+        [NO_IRREGULARITY],
     ),
-    "uncapped_weights": (
-        "inverse class weights without a cap (training.class_weight_cap = 0)",
-        ["training.class_weight_cap=0"],
+    "distinct_fold_seeds": (
+        "without irregularity, each fold model its own seed (search.fold_seeds = distinct): "
+        "against without_irregularity",
+        [NO_IRREGULARITY, DISTINCT],
     ),
-    "objective_macro_f1": (
-        "early stopping and the best epoch by macro-F1 (training.objective)",
-        ['training.objective="macro_f1"'],
+    "distinct_uncapped": (
+        "as distinct_fold_seeds, inverse weights without a cap (training.class_weight_cap = 0): "
+        "against distinct_fold_seeds",
+        [NO_IRREGULARITY, DISTINCT, "training.class_weight_cap=0"],
+    ),
+    "distinct_macro_f1": (
+        "as distinct_fold_seeds, early stopping and the best epoch by macro-F1 "
+        "(training.objective): against distinct_fold_seeds",
+        [NO_IRREGULARITY, DISTINCT, 'training.objective="macro_f1"'],
     ),
     "second_push": (
-        "the config of the second push: shared fold seeds, uncapped weights, macro-F1",
-        [
-            'search.fold_seeds="shared"',
-            "training.class_weight_cap=0",
-            'training.objective="macro_f1"',
-        ],
+        "the config of the second push: no irregularity, shared fold seeds, uncapped weights, "
+        "macro-F1",
+        [NO_IRREGULARITY, "training.class_weight_cap=0", 'training.objective="macro_f1"'],
     ),
     "patient_adversary": (
         "training against patient identity added (gradient reversal, weight 0.3)",
@@ -74,10 +81,6 @@ INGREDIENTS: dict[str, tuple[str, list[str]]] = {
         [f"training.augment.{key}=0" for key in ("scale", "baseline", "noise", "shift")],
     ),
     "two_leads": ("both leads, MLII and V1", ['data.leads=["MLII", "V1"]']),
-    "rr_features_all": (
-        "rhythm features replaced by the mean-of-10 RR features (rr_features = all)",
-        ['model.rr_features="all"'],
-    ),
 }
 """Each line: what it changes, and its ``--set`` items."""
 
