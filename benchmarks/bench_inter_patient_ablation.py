@@ -44,37 +44,47 @@ from machine import machine, write_results
 
 from ecgtune.config import load_config, validate_config
 
+NO_ADVERSARY = "training.patient_adversary=0"
 NO_IRREGULARITY = "model.rr_irregularity=false"
 DISTINCT = 'search.fold_seeds="distinct"'
+MACRO_F1 = 'training.objective="macro_f1"'
+BEFORE = [NO_ADVERSARY, NO_IRREGULARITY]
+"""This release's first candidate: the shipped config without the adversary and irregularity."""
 INGREDIENTS: dict[str, tuple[str, list[str]]] = {
     "shipped": ("the shipped config as it is", []),
-    "without_irregularity": (
-        "without the rhythm-irregularity columns (model.rr_irregularity = false)",
-        [NO_IRREGULARITY],
+    "without_adversary": (
+        "without training against patient identity (training.patient_adversary = 0)",
+        [NO_ADVERSARY],
+    ),
+    "without_adversary_macro_f1": (
+        "without the adversary, early stopping and the best epoch by macro-F1 "
+        "(training.objective): against without_adversary",
+        [NO_ADVERSARY, MACRO_F1],
+    ),
+    "without_adversary_irregularity": (
+        "without the adversary and the rhythm-irregularity columns (model.rr_irregularity = "
+        "false): against without_adversary",
+        BEFORE,
     ),
     "distinct_fold_seeds": (
-        "without irregularity, each fold model its own seed (search.fold_seeds = distinct): "
-        "against without_irregularity",
-        [NO_IRREGULARITY, DISTINCT],
+        "as without_adversary_irregularity, each fold model its own seed (search.fold_seeds = "
+        "distinct): against without_adversary_irregularity",
+        [*BEFORE, DISTINCT],
     ),
     "distinct_uncapped": (
         "as distinct_fold_seeds, inverse weights without a cap (training.class_weight_cap = 0): "
         "against distinct_fold_seeds",
-        [NO_IRREGULARITY, DISTINCT, "training.class_weight_cap=0"],
+        [*BEFORE, DISTINCT, "training.class_weight_cap=0"],
     ),
     "distinct_macro_f1": (
-        "as distinct_fold_seeds, early stopping and the best epoch by macro-F1 "
-        "(training.objective): against distinct_fold_seeds",
-        [NO_IRREGULARITY, DISTINCT, 'training.objective="macro_f1"'],
+        "as distinct_fold_seeds, early stopping and the best epoch by macro-F1: against "
+        "distinct_fold_seeds",
+        [*BEFORE, DISTINCT, MACRO_F1],
     ),
     "second_push": (
-        "the config of the second push: no irregularity, shared fold seeds, uncapped weights, "
+        "the config of the second push: no adversary, no irregularity, uncapped weights, "
         "macro-F1",
-        [NO_IRREGULARITY, "training.class_weight_cap=0", 'training.objective="macro_f1"'],
-    ),
-    "patient_adversary": (
-        "training against patient identity added (gradient reversal, weight 0.3)",
-        ["training.patient_adversary=0.3"],
+        [*BEFORE, "training.class_weight_cap=0", MACRO_F1],
     ),
     "no_augmentation": (
         "no augmentation of the train batches",
