@@ -33,7 +33,7 @@ LINKED = ("src", "tests", "hypertune.py")
 CORE_TESTS: dict[str, tuple[str, ...]] = {
     "models/adapt": ("tests/test_adaptation.py",),
     "models/ensemble": ("tests/test_folds.py",),
-    "search/folds": ("tests/test_folds.py",),
+    "search/folds": ("tests/test_folds_core.py",),
     "data/splits": ("tests/test_data_splits.py",),
     "metrics": ("tests/test_metrics.py",),
     "search/store": ("tests/test_search_store.py", "tests/test_saved_search_hostile.py"),
@@ -44,7 +44,7 @@ CORE_TESTS: dict[str, tuple[str, ...]] = {
         "tests/test_rhythm_features.py",
         "tests/test_record_edges.py",
     ),
-    "training": ("tests/test_training.py", "tests/test_training_options.py"),
+    "training": ("tests/test_training_core.py", "tests/test_training_options.py"),
 }
 """Each core module (under src/ecgtune, without .py), smallest first, and the test files that
 cover it: mutmut runs, for each mutant, those of their tests that call the mutated function."""
