@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ecgtune.config import Config, InferenceConfig
+from ecgtune.data.beats import RR_COLUMNS
 from ecgtune.data.dataset import BeatSet, Dataset
 from ecgtune.data.resampling import resample_train_split
 from ecgtune.errors import ConfigError
@@ -640,7 +641,7 @@ def test_logits_are_predicted_in_chunks_in_eval_mode() -> None:
     signals = torch.randn(
         EVAL_BATCH + 3, 1, BEAT_LENGTH, generator=torch.Generator().manual_seed(1)
     )
-    rr = torch.randn(len(signals), 15, generator=torch.Generator().manual_seed(2))
+    rr = torch.randn(len(signals), len(RR_COLUMNS), generator=torch.Generator().manual_seed(2))
     logits = predict_logits(model, signals, rr, NO_AUTOCAST)
     assert not model.training
     with torch.no_grad():
