@@ -288,7 +288,8 @@ def fit_booster(
 
     def predicted(other: BeatSet) -> NDArray[np.int64]:
         with threadpool_limits(config.training.num_threads or None):
-            return booster.predict(baseline_features(other, columns)).astype(np.int64)
+            classes: NDArray[np.int64] = booster.predict(baseline_features(other, columns))
+        return classes.astype(np.int64)
 
     return predicted
 

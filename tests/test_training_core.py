@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from ecgtune.config import Config, InferenceConfig
 from ecgtune.data.beats import RR_COLUMNS
@@ -369,8 +370,9 @@ def test_a_run_is_set_up_from_the_split_and_the_config() -> None:
     assert run.adversary is None and run.augment is None
     assert run.generator.initial_seed() == config.seed
     assert not run.scaler.is_enabled()
-    assert run.scheduler is not None and run.scheduler.T_max == 9  # type: ignore[union-attr]
-    weight = run.criterion.weight  # type: ignore[union-attr]
+    assert isinstance(run.scheduler, CosineAnnealingLR) and run.scheduler.T_max == 9
+    weight = run.criterion.weight
+    assert isinstance(weight, torch.Tensor)
     assert weight.tolist() == pytest.approx([9 / 11, 12 / 11, 12 / 11])  # 1/n, mean 1
     assert [p for group in run.optimizer.param_groups for p in group["params"]] == list(
         run.model.parameters()
@@ -498,6 +500,8 @@ def test_the_adversary_reads_the_encoder_width_and_leaves_its_statistics() -> No
     head = make_adversary(config, model, signals, 4)
     assert head is not None and model.training
     first, last = head.classify[0], head.classify[-1]
+    assert isinstance(first, nn.Sequential) and isinstance(first[0], nn.Linear)
+    assert isinstance(last, nn.Linear)
     assert (first[0].in_features, first[0].out_features) == (2, 3)  # 2 channels, averaged
     assert (last.in_features, last.out_features) == (3, 4)
     assert head.strength == 0.5

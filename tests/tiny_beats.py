@@ -40,7 +40,7 @@ TINY_MODEL: dict[str, Any] = {
 """One convolution of two channels, averaged, one linear layer: 17 parameters."""
 
 
-def tiny_config(**sections: dict[str, Any]) -> Config:
+def tiny_config(**sections: Any) -> Config:
     """A config of the tiny model on the CPU, one thread, no schedule; ``sections`` override
     whole keys of their section (``training={"epochs": 2}``)."""
     raw: dict[str, Any] = {
