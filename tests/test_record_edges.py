@@ -283,3 +283,26 @@ def test_the_edge_margin_is_exact_at_both_ends(
     beats = segment_record("edges", [lead], annotations, DataConfig())
     assert beats.samples.tolist() == kept
     assert beats.skipped == skipped
+
+
+@pytest.mark.parametrize("n_leads", [1, 2])
+def test_a_record_of_one_beat_is_empty_in_every_array_and_counts_each_skip(n_leads: int) -> None:
+    """One beat inside the signal, one past its end, one symbol WFDB does not define: no beat is
+    kept, every array is empty with the shape and type of a record's beats (one lead or two),
+    and each annotation is counted by its reason, the lone beat as a lone beat."""
+    signal = np.random.default_rng(0).normal(size=3600)
+    leads = [Lead(signal=signal, fs=360.0, name=name) for name in ("MLII", "V1")[:n_leads]]
+    annotations = Annotations(
+        samples=np.array([1800, 2000, 4000]), symbols=np.array(["N", "Z", "V"])
+    )
+    config = DataConfig(leads=["MLII", "V1"][:n_leads])
+    beats = segment_record("lone", leads, annotations, config)
+    length = config.beat_length
+    assert beats.record == "lone"
+    assert beats.signals.shape == ((0, length) if n_leads == 1 else (0, n_leads, length))
+    assert beats.signals.dtype == np.float32
+    assert beats.labels.shape == (0,) and beats.labels.dtype == np.int64
+    assert beats.rr.shape == (0, len(RR_COLUMNS)) and beats.rr.dtype == np.float32
+    assert beats.samples.shape == (0,) and beats.samples.dtype == np.int64
+    assert beats.symbols.shape == (0,) and beats.symbols.dtype.kind == "U"
+    assert beats.skipped == {"outside the signal": 1, "unknown symbol": 1, LONE: 1}
