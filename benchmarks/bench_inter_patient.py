@@ -66,7 +66,6 @@ from ecgtune.search.folds import (
     cross_validate,
     fold_datasets,
     pooled_in_record_order,
-    record_folds,
 )
 from ecgtune.training import TrainingObserver, class_weights, predict
 
@@ -301,16 +300,12 @@ def tuned_baseline(
     out-of-fold score, the best's out-of-fold figures, and refitted on all of DS1, its DS2
     figures when ``test`` is given."""
     started = time.perf_counter()
-    pool = pooled_in_record_order(dataset)
-    folds = record_folds(pool, config.search.folds, config.seed)
-    held_out = BeatSet.concatenate([pool.take(valid) for _, valid in folds])
+    folds = fold_datasets(dataset, config.search.folds, config.seed)
+    held_out = BeatSet.concatenate([fold.valid for fold in folds])
     scored = []
     for params in BASELINE_GRID:
         predicted = np.concatenate(
-            [
-                fit_booster(config, pool.take(train), params)(pool.take(valid))
-                for train, valid in folds
-            ]
+            [fit_booster(config, fold.train, params)(fold.valid) for fold in folds]
         )
         metrics = compute_metrics(held_out.labels, predicted, AAMI_CLASSES)
         scored.append((metrics.as_flat_dict()[OBJECTIVE], params, predicted))
@@ -321,7 +316,7 @@ def tuned_baseline(
         "ds1_oof": split_figures(held_out, predicted, without=None),
     }
     if test is not None:
-        ds2 = fit_booster(config, pool, best)(test)
+        ds2 = fit_booster(config, pooled_in_record_order(dataset), best)(test)
         result["ds2"] = split_figures(test, ds2, without=MOST_S)
         outcome.ds2["baseline"] = (test.labels, ds2, test.records)
     result["seconds"] = round(time.perf_counter() - started, 1)

@@ -11,9 +11,9 @@ never read: these lines are what the shipped settings are decided by (judged by 
 keeps what it finished, and ``--resume`` takes over from the output file every line whose
 effective config (the file with the line's changes; a stored one is read by today's schema, so
 a key added since reads as its default) was measured with the same seeds, whatever the line was
-called then; ``--reuse`` does the same from ``bench_inter_patient.py`` results. ``--models DIR``
-keeps each line's models in ``DIR/<line>/`` (``bench_inter_patient.py --final --models
-DIR/shipped`` then reads DS2 with the shipped line's models without training them again).
+called then. ``--models DIR`` keeps each line's models in ``DIR/<line>/``
+(``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the shipped line's
+models without training them again).
 
     .venv/bin/python benchmarks/bench_inter_patient_ablation.py --raw-dir ../shared/data/mitdb
 """
@@ -42,7 +42,7 @@ from bench_inter_patient import (
 )
 from machine import machine, write_results
 
-from ecgtune.config import load_config, validate_config
+from ecgtune.config import Config, load_config, validate_config
 
 NO_ADVERSARY = "training.patient_adversary=0"
 NO_IRREGULARITY = "model.rr_irregularity=false"
@@ -104,10 +104,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", type=Path, help="keep each line's models in DIR/<line>/")
     parser.add_argument("--resume", action="store_true", help="reuse lines already measured")
     parser.add_argument(
-        "--reuse", type=Path, nargs="*", default=[],
-        help="bench_inter_patient.py results: a line of the same config and seeds is taken",
-    )  # fmt: skip
-    parser.add_argument(
         "--output",
         type=Path,
         default=REPO_ROOT / "benchmarks" / "results" / "inter_patient_ablation.json",
@@ -141,7 +137,12 @@ def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str
 
 def effective(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
     """The config a line trains (machine keys and the seed left out)."""
-    dump = comparable(load_config(args.config, sets))
+    return seedless(load_config(args.config, sets))
+
+
+def seedless(config: Config) -> dict[str, Any]:
+    """:func:`comparable` without the seed: what a line over several seeds measures."""
+    dump = comparable(config)
     dump.pop("seed")
     return dump
 
@@ -161,10 +162,7 @@ def measured_lines(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def today(dump: dict[str, Any]) -> dict[str, Any]:
     """A stored effective config as today's schema reads it."""
-    machine_free = validate_config({**dump, "seed": 0}, source="a measured line")
-    fresh = comparable(machine_free)
-    fresh.pop("seed")
-    return fresh
+    return seedless(validate_config({**dump, "seed": 0}, source="a measured line"))
 
 
 def main() -> None:
