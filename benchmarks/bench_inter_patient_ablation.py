@@ -91,6 +91,28 @@ INGREDIENTS: dict[str, tuple[str, list[str]]] = {
         [f"training.augment.{key}=0" for key in ("scale", "baseline", "noise", "shift")],
     ),
     "two_leads": ("both leads, MLII and V1", ['data.leads=["MLII", "V1"]']),
+    "effective_weights": (
+        "effective-number class weights (training.class_weights = effective) for inverse ones",
+        ['training.class_weights="effective"'],
+    ),
+    "rhythm_features": (
+        "the rhythm features without the by-record RR ratios (model.rr_features = rhythm)",
+        ['model.rr_features="rhythm"'],
+    ),
+    "rr_concat": (
+        "the RR numbers concatenated to the morphology features, no MLP (model.rr_head = concat)",
+        ['model.rr_head="concat"'],
+    ),
+    "without_irregularity": (
+        "without the rhythm-irregularity columns, the adversary kept (model.rr_irregularity = "
+        "false)",
+        [NO_IRREGULARITY],
+    ),
+    "under_over": (
+        "the train folds resampled to 15,000 beats a class (data.resample.method = under_over): "
+        "the weights then see balanced classes",
+        ['data.resample.method="under_over"'],
+    ),
 }
 """Each line: what it changes, and its ``--set`` items."""
 
