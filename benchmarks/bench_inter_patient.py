@@ -18,8 +18,9 @@ With ``--final`` (once per shipped config, at the end) each seed's ensemble of f
 the tuned baseline refitted on all of DS1 predict DS2 once; DS2's figures carry a 95 % interval
 from a record-level bootstrap (the 22 DS2 records drawn with replacement, the same draws for
 every seed, so the interval is that of the mean over seeds). ``--models DIR`` keeps each seed's
-ensemble (``seed-N.pt``); ``--final --models DIR`` reads DS2 with the models a development run
-kept there (checked to be of the same config and seed) instead of training them again.
+ensemble (``seed-N.pt``); a later run with the same ``--models DIR`` (``--final``, or a change
+of ``[inference]`` alone) predicts with the models kept there (checked to be trained by the same
+config and seed) instead of training them again.
 
 It writes the mean and the sample standard deviation over the seeds of S and V Se and +P, F1
 per class, accuracy, macro-F1 and the jκ index of Mar et al. (2011) (the development
@@ -61,11 +62,13 @@ from ecgtune.metrics import (
     metrics_from_confusion,
     record_bootstrap_confusions,
 )
+from ecgtune.models.ensemble import Ensemble
 from ecgtune.report import load_checkpoint, save_checkpoint
 from ecgtune.search.folds import (
     cross_validate,
     fold_datasets,
     pooled_in_record_order,
+    predict_out_of_fold,
 )
 from ecgtune.training import TrainingObserver, class_weights, predict
 
@@ -125,7 +128,7 @@ def seed_parser(description: str) -> argparse.ArgumentParser:
 def parse_args() -> argparse.Namespace:
     parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument("--final", action="store_true", help="read DS2 once, at the end")
-    parser.add_argument("--models", type=Path, help="keep (or, with --final, reuse) models here")
+    parser.add_argument("--models", type=Path, help="keep models here, or reuse those kept")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     name = "inter_patient.json" if args.final else "inter_patient_ds1.json"
@@ -228,21 +231,29 @@ def seed_models(
     job: SeedJob, config: Config, dataset: Dataset
 ) -> tuple[Any, tuple[BeatSet, NDArray[np.int64]]]:
     """The seed's ensemble and out-of-fold predictions: trained (and kept in ``job.models``),
-    or with ``--final --models`` the ones a development run kept there."""
+    or the fold models an earlier run kept there, trained by the same config save its
+    ``[inference]`` (which only says how a trained model predicts), predicting again."""
     path = job.models / f"seed-{job.seed}.pt" if job.models else None
-    if job.final and path is not None and path.exists():
+    if path is not None and path.exists():
         model, saved, _ = load_checkpoint(path)
-        assert comparable(saved) == comparable(config), f"{path}: another config"
+        assert isinstance(model, Ensemble), f"{path}: not an ensemble of fold models"
+        if trained_alike(saved) != trained_alike(config):
+            raise SystemExit(f"{path}: trained by another config; remove it or use other --models")
         folds = fold_datasets(dataset, config.search.folds, config.seed)
-        held_out = BeatSet.concatenate([fold.valid for fold in folds])
-        return model, (held_out, np.load(path.with_suffix(".npy")))
+        return model, predict_out_of_fold(list(model.members), folds, config)
     result = cross_validate(config, dataset, TrainingObserver())
     assert result.out_of_fold is not None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, result.model, config, AAMI_CLASSES)
-        np.save(path.with_suffix(".npy"), result.out_of_fold[1])
     return result.model, result.out_of_fold
+
+
+def trained_alike(config: Config) -> dict[str, Any]:
+    """:func:`comparable` without ``[inference]``: what decides the trained weights."""
+    dump = comparable(config)
+    dump.pop("inference")
+    return dump
 
 
 MACHINE_KEYS = {"data": ("raw_dir", "cache_dir"), "training": ("num_threads",)}

@@ -11,7 +11,8 @@ never read: these lines are what the shipped settings are decided by (judged by 
 keeps what it finished, and ``--resume`` takes over from the output file every line whose
 effective config (the file with the line's changes; a stored one is read by today's schema, so
 a key added since reads as its default) was measured with the same seeds, whatever the line was
-called then. ``--models DIR`` keeps each line's models in ``DIR/<line>/``
+called then. ``--models DIR`` keeps each line's models in ``DIR/<line>/`` (a line that changes ``[inference]``
+alone predicts with the shipped line's, in ``DIR/shipped/``)
 (``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the shipped line's
 models without training them again).
 
@@ -91,6 +92,11 @@ INGREDIENTS: dict[str, tuple[str, list[str]]] = {
         [f"training.augment.{key}=0" for key in ("scale", "baseline", "noise", "shift")],
     ),
     "two_leads": ("both leads, MLII and V1", ['data.leads=["MLII", "V1"]']),
+    "adapted": (
+        "each DS1 record classified with batch-norm statistics of its own beats "
+        "(inference.adapt = batch_norm): the shipped line's fold models, predicting again",
+        ['inference.adapt="batch_norm"'],
+    ),
     "effective_weights": (
         "effective-number class weights (training.class_weights = effective) for inverse ones",
         ['training.class_weights="effective"'],
@@ -157,6 +163,13 @@ def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str
     return {**figures, "per_seed": per_seed}
 
 
+def models_of(name: str, sets: list[str]) -> str:
+    """The folder of ``--models`` a line keeps its models in: its own, or for a line that changes
+    ``[inference]`` alone (how a trained model predicts) the shipped line's, whose fold models
+    it predicts with, so that its figures differ by that change only."""
+    return "shipped" if all(item.startswith("inference.") for item in sets) else name
+
+
 def effective(args: argparse.Namespace, sets: list[str]) -> dict[str, Any]:
     """The config a line trains (machine keys and the seed left out)."""
     return seedless(load_config(args.config, sets))
@@ -216,7 +229,7 @@ def main() -> None:
         previous = done.get(json.dumps(config_of_line, sort_keys=True))
         if previous is None:
             began = time.perf_counter()
-            models = args.models / name if args.models else None
+            models = args.models / models_of(name, sets) if args.models else None
             outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
             runs = [
                 outcome.figures["ds1_oof"] | {"seed": outcome.figures["seed"]}
