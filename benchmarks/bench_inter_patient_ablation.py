@@ -11,10 +11,13 @@ never read: these lines are what the shipped settings are decided by (judged by 
 keeps what it finished, and ``--resume`` takes over from the output file every line whose
 effective config (the file with the line's changes; a stored one is read by today's schema, so
 a key added since reads as its default) was measured with the same seeds, whatever the line was
-called then. ``--models DIR`` keeps each line's models in ``DIR/<line>/`` (a line that changes ``[inference]``
-alone predicts with the shipped line's, in ``DIR/shipped/``)
-(``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the shipped line's
-models without training them again).
+called then, unless its models are kept. ``--models DIR`` keeps each line's models in
+``DIR/<line>/`` and has those kept there predict again instead of training them (a line that
+changes ``[inference]`` alone predicts with ``DIR/shipped/``'s; a stored line they no longer
+reproduce is named);
+``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the shipped line's
+models without training them again. Each run also counts the N beats called S in DS1's records
+with atrial fibrillation (:data:`AF_RECORDS`).
 
     .venv/bin/python benchmarks/bench_inter_patient_ablation.py --raw-dir ../shared/data/mitdb
 """
@@ -154,6 +157,8 @@ def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str
         "sd_se_S": sd["aami"]["se_S"],
         f"sd_{OBJECTIVE}": sd[OBJECTIVE],
     }
+    if "n_called_s_af" in mean:
+        figures["n_called_s_af"] = mean["n_called_s_af"]
     if shipped is not None:
         figures["change"] = {
             key: round(figures[key] - shipped[key], 4)
@@ -161,6 +166,34 @@ def line(runs: list[dict[str, Any]], shipped: dict[str, Any] | None) -> dict[str
         }
     per_seed = [{"seed": run["seed"], **run["aami"], OBJECTIVE: run[OBJECTIVE]} for run in runs]
     return {**figures, "per_seed": per_seed}
+
+
+AF_RECORDS = ("201", "203")
+"""DS1's records with atrial fibrillation or flutter, whose beats are labelled N: where a
+premature-looking interval is no S beat, and where false S alarms gather."""
+
+
+def called_s_in_af(per_record: list[dict[str, Any]]) -> dict[str, int]:
+    """N beats called S in each of :data:`AF_RECORDS` (from a seed's per-record table)."""
+    return {row["record"]: row["n_called_s"] for row in per_record if row["record"] in AF_RECORDS}
+
+
+def measure(args: argparse.Namespace, sets: list[str], models: Path | None) -> list[dict[str, Any]]:
+    """Each seed's out-of-fold figures for a line (trained, or predicted by its kept models)."""
+    outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
+    return [
+        outcome.figures["ds1_oof"]
+        | {
+            "seed": outcome.figures["seed"],
+            "n_called_s_af": called_s_in_af(outcome.figures["ds1_per_record"]),
+        }
+        for outcome in outcomes
+    ]
+
+
+def confusions(runs: list[dict[str, Any]]) -> list[Any]:
+    """The runs' confusion matrices, seed by seed."""
+    return [run["confusion_matrix"] for run in runs]
 
 
 def models_of(name: str, sets: list[str]) -> str:
@@ -227,22 +260,25 @@ def main() -> None:
         what, sets = INGREDIENTS[name]
         config_of_line = effective(args, sets)
         previous = done.get(json.dumps(config_of_line, sort_keys=True))
-        if previous is None:
-            began = time.perf_counter()
-            models = args.models / models_of(name, sets) if args.models else None
-            outcomes = run_seeds(args, seed_jobs(args, sets, models=models, baseline=False))
-            runs = [
-                outcome.figures["ds1_oof"] | {"seed": outcome.figures["seed"]}
-                for outcome in outcomes
-            ]
-            seconds = round(time.perf_counter() - began, 1)
-        else:
+        models = args.models / models_of(name, sets) if args.models else None
+        kept = models is not None and all(
+            (models / f"seed-{seed}.pt").exists() for seed in args.seeds
+        )
+        if previous is not None and not kept:
             runs, seconds = previous["runs"], previous["seconds"]
+        else:
+            began = time.perf_counter()
+            runs = measure(args, sets, models)
+            # a line measured before keeps its training time; kept models alone time a prediction
+            seconds = previous["seconds"] if previous else round(time.perf_counter() - began, 1)
+            if previous is not None and confusions(runs) != confusions(previous["runs"]):
+                print(f"{name}: the kept models predict otherwise than measured before", flush=True)
         lines[name] = {
             "what": what,
             "set": sets,
             **line(runs, lines.get("shipped")),
             "seconds": seconds,
+            "kept_models": kept,
             "runs": runs,
             "seeds": args.seeds,
             "config": config_of_line,
