@@ -95,6 +95,14 @@ INGREDIENTS: dict[str, tuple[str, list[str]]] = {
         [f"training.augment.{key}=0" for key in ("scale", "baseline", "noise", "shift")],
     ),
     "two_leads": ("both leads, MLII and V1", ['data.leads=["MLII", "V1"]']),
+    "weaker_adversary": (
+        "training against patient identity at 0.1 (training.patient_adversary)",
+        ["training.patient_adversary=0.1"],
+    ),
+    "stronger_adversary": (
+        "training against patient identity at 0.5 (training.patient_adversary)",
+        ["training.patient_adversary=0.5"],
+    ),
     "adapted": (
         "each DS1 record classified with batch-norm statistics of its own beats "
         "(inference.adapt = batch_norm): the shipped line's fold models, predicting again",
@@ -278,7 +286,6 @@ def main() -> None:
             "set": sets,
             **line(runs, lines.get("shipped")),
             "seconds": seconds,
-            "kept_models": kept,
             "runs": runs,
             "seeds": args.seeds,
             "config": config_of_line,

@@ -324,6 +324,8 @@ ONE_CHANGE_LINES = [
     "no_augmentation",
     "under_over",
     "adapted",
+    "weaker_adversary",
+    "stronger_adversary",
 ]
 """The ablation lines one change from the shipped config: the README shows these (the chains of
 changes, each against another line, are in docs/inter-patient.md)."""
