@@ -14,10 +14,9 @@ a key added since reads as its default) was measured with the same seeds, whatev
 called then, unless its models are kept. ``--models DIR`` keeps each line's models in
 ``DIR/<line>/`` and has those kept there predict again instead of training them (a line that
 changes ``[inference]`` alone predicts with ``DIR/shipped/``'s; a stored line they no longer
-reproduce is named);
-``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2 with the shipped line's
-models without training them again. Each run also counts the N beats called S in DS1's records
-with atrial fibrillation (:data:`AF_RECORDS`).
+reproduce is named); ``bench_inter_patient.py --final --models DIR/shipped`` then reads DS2
+with the shipped line's models without training them again. Each run also counts the N beats
+called S in DS1's records with atrial fibrillation (:data:`AF_RECORDS`).
 
     .venv/bin/python benchmarks/bench_inter_patient_ablation.py --raw-dir ../shared/data/mitdb
 """
